@@ -1,0 +1,3 @@
+from imsvc.cli import main
+
+main()

@@ -1,0 +1,206 @@
+"""HTTP routes (SPEC §4). Handlers authenticate, parse, call the data path, and render typed responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imsvc import __version__, store
+from imsvc.auth import bearer, mint_token, verify_token
+from imsvc.errors import InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
+from imsvc.schemas import (
+    AddMemberIn,
+    CreateSessionIn,
+    DevTokenIn,
+    HealthOut,
+    ListQuery,
+    MemberOut,
+    MessageOut,
+    MessagePage,
+    ReadyOut,
+    SendMessageIn,
+    SentMessageOut,
+    SessionList,
+    SessionOut,
+    TokenOut,
+)
+from imsvc.services import services
+
+MAX_BODY = 65536
+DEFAULT_KEYSET_LIMIT = 50
+DEFAULT_PAGE_SIZE = 20
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def render(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def validate(model: type[T], data: Any) -> T:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_message(exc)) from None
+
+
+def user_of(request: Request) -> str:
+    user_id = verify_token(services(request).settings.secret, bearer(request.headers.get("authorization")))
+    request.state.user_id = user_id
+    return user_id
+
+
+async def read_json(request: Request, model: type[T]) -> T:
+    """The body parsed into `model`: 413 over 64 KiB, 400 when it is not JSON, 422 when it does not fit."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise PayloadTooLarge(f"body over {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise PayloadTooLarge(f"body over {MAX_BODY} bytes")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidJson("body is not valid JSON") from None
+    return validate(model, data)
+
+
+def message_out(message: Any) -> MessageOut:
+    return MessageOut.model_validate(message, from_attributes=True)
+
+
+async def send_message(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, SendMessageIn)
+    sent = await services(request).chat.send(user_id, body.session_id, body.content, body.client_msg_id)
+    out = SentMessageOut(
+        **message_out(sent.message).model_dump(), ai_record_id=sent.ai_record_id, duplicate=sent.duplicate
+    )
+    return render(out, 200 if sent.duplicate else 201)
+
+
+async def get_message(request: Request) -> Response:
+    user_id = user_of(request)
+    async with services(request).db.reader() as s:
+        message = await store.get_message(s, request.path_params["message_id"])
+        if message is None or await store.member_role(s, message.session_id, user_id) is None:
+            raise NotFound("no such message")
+    return render(message_out(message))
+
+
+async def list_messages(request: Request) -> Response:
+    user_id = user_of(request)
+    query = validate(ListQuery, dict(request.query_params))
+    async with services(request).db.reader() as s:
+        await store.require_member(s, query.session_id, user_id)
+        total = await store.message_count(s, query.session_id)
+        if query.before_seq is not None or query.after_seq is not None:
+            limit = query.limit or DEFAULT_KEYSET_LIMIT
+            if query.before_seq is not None:
+                rows, has_more = await store.before_seq(s, query.session_id, query.before_seq, limit)
+            else:
+                rows, has_more = await store.after_seq(s, query.session_id, query.after_seq or 0, limit)
+            page = MessagePage(
+                messages=[message_out(m) for m in rows], total=total, page=None, page_size=limit, has_more=has_more
+            )
+            return render(page)
+        number, size = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
+        rows = await store.page_newest_first(s, query.session_id, number, size)
+    page = MessagePage(
+        messages=[message_out(m) for m in rows],
+        total=total,
+        page=number,
+        page_size=size,
+        has_more=number * size < total,
+    )
+    return render(page)
+
+
+def session_out(session: Any, role: str | None, last: Any) -> SessionOut:
+    return SessionOut(
+        session_id=session.session_id,
+        title=session.title,
+        created_by=session.created_by,
+        ai_enabled=session.ai_enabled,
+        last_seq=session.last_seq,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        role=role,
+        last_message=message_out(last) if last is not None else None,
+    )
+
+
+async def create_session(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, CreateSessionIn)
+    async with services(request).db.transaction() as s:
+        session = await store.create_session(s, user_id, body.session_id, body.title, body.members, body.ai_enabled)
+    return render(session_out(session, "owner", None), 201)
+
+
+async def list_sessions(request: Request) -> Response:
+    user_id = user_of(request)
+    async with services(request).db.reader() as s:
+        rows = await store.sessions_of(s, user_id)
+    return render(SessionList(sessions=[session_out(session, role, last) for session, role, last in rows]))
+
+
+async def add_member(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, AddMemberIn)
+    session_id = validate(AddMemberIn, {"user_id": request.path_params["session_id"]}).user_id
+    async with services(request).db.transaction() as s:
+        member, created = await store.add_member(s, session_id, user_id, body.user_id)
+    out = MemberOut(session_id=member.session_id, user_id=member.user_id, role=member.role, joined_at=member.joined_at)
+    return render(out, 201 if created else 200)
+
+
+async def dev_token(request: Request) -> Response:
+    body = await read_json(request, DevTokenIn)
+    return render(TokenOut(token=mint_token(services(request).settings.secret, body.user_id)))
+
+
+async def health(request: Request) -> Response:
+    return render(HealthOut(status="ok", version=__version__, ai_provider=services(request).settings.provider))
+
+
+async def ready(request: Request) -> Response:
+    svc = services(request)
+    if svc.draining:
+        return render(ReadyOut(status="draining"), 503)
+    try:
+        await svc.db.ping()
+    except Exception:
+        return render(ReadyOut(status="db_unavailable"), 503)
+    return render(ReadyOut(status="ready"))
+
+
+def routes(dev_mode: bool) -> list[Route]:
+    found = [
+        Route("/message/send", send_message, methods=["POST"]),
+        Route("/message/list", list_messages, methods=["GET"]),  # before /message/{message_id}
+        Route("/message/{message_id}", get_message, methods=["GET"]),
+        Route("/sessions", create_session, methods=["POST"]),
+        Route("/sessions", list_sessions, methods=["GET"]),
+        Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
+    if dev_mode:
+        found.append(Route("/dev/token", dev_token, methods=["POST"]))
+    return found

@@ -1,0 +1,118 @@
+"""create_app(settings): the lifespan builds every process-wide object; routes and error handlers are wired here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from imsvc import api, ws
+from imsvc.bus import MemoryBus
+from imsvc.chat import Chat
+from imsvc.db import Database
+from imsvc.errors import ImsvcError, RateLimited
+from imsvc.hub import CLOSE_SHUTDOWN, Hub
+from imsvc.logs import configure_logging, get_logger
+from imsvc.schemas import error_payload
+from imsvc.services import Services
+from imsvc.settings import Settings, load_settings
+
+log = get_logger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "bad_request",
+    413: "payload_too_large",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "not_ready",
+}
+
+
+async def imsvc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ImsvcError)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return JSONResponse(error_payload(exc.code, exc.message), status_code=exc.status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_CODES.get(exc.status_code, "internal")
+    return JSONResponse(error_payload(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("request failed", exc_info=exc)
+    return JSONResponse(error_payload("internal", "internal error"), status_code=500)
+
+
+class RequestContext:
+    """Binds a request id (and, once known, the user) to every log line of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:16])
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> Starlette:
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        hub = Hub(settings.websocket_max_connections)
+        bus = MemoryBus(hub)
+        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=Chat(db, bus))
+        app.state.services = svc
+        log.info("started", ai_provider=settings.provider, database=db.engine.dialect.name)
+        if len(settings.secret.encode()) < 32:
+            log.warning("JWT_SECRET is shorter than 32 bytes; HS256 wants at least 32")
+        try:
+            yield
+        finally:
+            svc.draining = True
+            hub.close_all(CLOSE_SHUTDOWN, "server shutting down")
+            await db.dispose()
+            log.info("stopped")
+
+    middleware = [Middleware(RequestContext)]
+    if settings.cors_origin_list:
+        middleware.append(
+            Middleware(
+                CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"]
+            )
+        )
+    return Starlette(
+        routes=[*api.routes(settings.dev_mode), *ws.routes(), Mount("/", StaticFiles(directory=STATIC, html=True))],
+        middleware=middleware,
+        exception_handlers={ImsvcError: imsvc_error, HTTPException: http_error, Exception: unexpected_error},
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """The uvicorn factory: settings from the environment (the CLI has validated them already)."""
+    return create_app(load_settings())

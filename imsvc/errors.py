@@ -1,0 +1,103 @@
+"""The one error tree of imsvc.
+
+ImsvcError                      status  code
+ ├── BadRequest                  400     bad_request
+ │    ├── InvalidJson            400     invalid_json
+ │    └── UnknownType            400     unknown_type   (WebSocket frames)
+ ├── Unauthorized                401     unauthorized
+ ├── Forbidden                   403     forbidden
+ ├── NotFound                    404     not_found
+ ├── Conflict                    409     conflict
+ ├── PayloadTooLarge             413     payload_too_large
+ ├── ValidationFailed            422     validation_error
+ ├── RateLimited                 429     rate_limited
+ ├── Busy                        503     busy
+ ├── NotReady                    503     not_ready
+ ├── Internal                    500     internal
+ └── ProviderError               502     provider_error   (the model server failed)
+
+Domain code raises these; `api` renders them as JSON bodies, `ws` as `error` frames.
+"""
+
+from __future__ import annotations
+
+
+class ImsvcError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code.replace("_", " "))
+        self.message = message or self.code.replace("_", " ")
+
+
+class BadRequest(ImsvcError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+
+
+class UnknownType(BadRequest):
+    code = "unknown_type"
+
+
+class Unauthorized(ImsvcError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ImsvcError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ImsvcError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ImsvcError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ImsvcError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ValidationFailed(ImsvcError):
+    status = 422
+    code = "validation_error"
+
+
+class RateLimited(ImsvcError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many messages, retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Busy(ImsvcError):
+    status = 503
+    code = "busy"
+
+
+class NotReady(ImsvcError):
+    status = 503
+    code = "not_ready"
+
+
+class Internal(ImsvcError):
+    status = 500
+    code = "internal"
+
+
+class ProviderError(ImsvcError):
+    status = 502
+    code = "provider_error"

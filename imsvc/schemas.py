@@ -1,0 +1,302 @@
+"""Pydantic shapes of what crosses the wire: REST bodies and responses, WebSocket frames."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,48}$"
+MAX_CONTENT = 5000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return value
+
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT), AfterValidator(_not_blank)]
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=64)]
+ObjectId = Annotated[str, Field(min_length=1, max_length=64)]
+UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
+FrameId = str | int
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# REST requests
+
+
+class SendMessageIn(Body):
+    session_id: Identifier
+    content: Content
+    client_msg_id: ClientMsgId | None = None
+
+
+class CreateSessionIn(Body):
+    session_id: Identifier | None = None
+    title: Annotated[str, Field(max_length=200)] | None = None
+    members: Annotated[list[Identifier], Field(max_length=100)] = []
+    ai_enabled: bool = True
+
+
+class AddMemberIn(Body):
+    user_id: Identifier
+
+
+class DevTokenIn(Body):
+    user_id: Identifier
+
+
+class RegenerateIn(Body):
+    message_id: ObjectId
+
+
+class ListQuery(Body):
+    session_id: Identifier
+    page: Annotated[int, Field(ge=1)] | None = None
+    page_size: Annotated[int, Field(ge=1, le=100)] | None = None
+    before_seq: Annotated[int, Field(ge=0)] | None = None
+    after_seq: Annotated[int, Field(ge=0)] | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ListQuery:
+        keyset = self.before_seq is not None or self.after_seq is not None
+        if self.before_seq is not None and self.after_seq is not None:
+            raise ValueError("give before_seq or after_seq, not both")
+        if keyset and (self.page is not None or self.page_size is not None):
+            raise ValueError("page and page_size do not combine with a seq bound")
+        if not keyset and self.limit is not None:
+            raise ValueError("limit goes with before_seq or after_seq")
+        return self
+
+
+class RecordsQuery(Body):
+    session_id: Identifier
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+
+
+# REST responses
+
+
+class MessageOut(BaseModel):
+    id: int
+    message_id: str
+    session_id: str
+    seq: int
+    from_user_id: str
+    msg_type: str
+    msg_content: str
+    client_msg_id: str | None
+    created_at: UtcTime
+
+
+class SentMessageOut(MessageOut):
+    ai_record_id: str | None
+    duplicate: bool
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageOut]
+    total: int
+    page: int | None
+    page_size: int
+    has_more: bool
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    title: str | None
+    created_by: str
+    ai_enabled: bool
+    last_seq: int
+    created_at: UtcTime
+    updated_at: UtcTime
+    role: str | None
+    last_message: MessageOut | None
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class MemberOut(BaseModel):
+    session_id: str
+    user_id: str
+    role: str
+    joined_at: UtcTime
+
+
+class RecordOut(BaseModel):
+    record_id: str
+    session_id: str
+    user_message_id: str
+    ai_message_id: str | None
+    request_content: str
+    response_content: str | None
+    status: int
+    duration_ms: int | None
+    error_message: str | None
+    model: str | None
+    finish_reason: str | None
+    first_token_ms: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    created_at: UtcTime
+    updated_at: UtcTime
+
+
+class RecordList(BaseModel):
+    records: list[RecordOut]
+
+
+class TokenOut(BaseModel):
+    token: str
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    ai_provider: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+# WebSocket frames, client to server
+
+
+class ClientFrame(Body):
+    id: FrameId | None = None
+
+
+class SendMessageFrame(ClientFrame):
+    type: Literal["send_message"]
+    content: Content
+    session_id: Identifier | None = None
+    client_msg_id: ClientMsgId | None = None
+
+
+class AiCancelFrame(ClientFrame):
+    type: Literal["ai_cancel"]
+    record_id: ObjectId
+
+
+class SyncFrame(ClientFrame):
+    type: Literal["sync"]
+    session_id: Identifier
+    after_seq: Annotated[int, Field(ge=0)]
+
+
+class PingFrame(ClientFrame):
+    type: Literal["ping"]
+
+
+InboundFrame = Annotated[SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame, Field(discriminator="type")]
+INBOUND_TYPES = frozenset({"send_message", "ai_cancel", "sync", "ping"})
+
+
+# WebSocket frames, server to client
+
+
+class ServerFrame(BaseModel):
+    def wire(self) -> str:
+        return self.model_dump_json()
+
+
+class MessageSentFrame(ServerFrame):
+    type: Literal["message_sent"] = "message_sent"
+    ref: FrameId | None = None
+    message_id: str
+    content: str
+    message: MessageOut
+    client_msg_id: str | None
+    duplicate: bool
+
+
+class NewMessageFrame(ServerFrame):
+    type: Literal["new_message"] = "new_message"
+    message: MessageOut
+
+
+class SyncResultFrame(ServerFrame):
+    type: Literal["sync_result"] = "sync_result"
+    ref: FrameId | None = None
+    session_id: str
+    messages: list[MessageOut]
+    has_more: bool
+
+
+class PongFrame(ServerFrame):
+    type: Literal["pong"] = "pong"
+    ref: FrameId | None = None
+
+
+class ErrorFrame(ServerFrame):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: FrameId | None = None
+
+
+class AiReplyStartFrame(ServerFrame):
+    type: Literal["ai_reply_start"] = "ai_reply_start"
+    record_id: str
+    session_id: str
+    user_message_id: str
+
+
+class AiReplyDeltaFrame(ServerFrame):
+    type: Literal["ai_reply_delta"] = "ai_reply_delta"
+    record_id: str
+    session_id: str
+    delta: str
+    offset: int
+
+
+class AiReplySnapshotFrame(ServerFrame):
+    type: Literal["ai_reply_snapshot"] = "ai_reply_snapshot"
+    record_id: str
+    session_id: str
+    user_message_id: str
+    content: str
+
+
+class AiReplyFrame(ServerFrame):
+    type: Literal["ai_reply"] = "ai_reply"
+    message_id: str | None
+    content: str
+    user_message_id: str
+    record_id: str
+    session_id: str
+    message: MessageOut | None
+    finish_reason: str
+
+
+class AiReplyErrorFrame(ServerFrame):
+    type: Literal["ai_reply_error"] = "ai_reply_error"
+    record_id: str
+    session_id: str
+    user_message_id: str
+    error: ErrorDetail
+    message: MessageOut | None
+
+
+def error_payload(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}

@@ -1,0 +1,246 @@
+"""Query functions, session first. Nothing here commits: the caller owns the transaction."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imsvc.errors import Conflict, Forbidden
+from imsvc.models import AIChatRecord, ChatSession, Message, SessionMember, utcnow
+
+
+def new_id(prefix: str) -> str:
+    """`prefix_` + UTC time to the microsecond + 64 random bits: sortable and collision-free under load."""
+    return f"{prefix}_{datetime.now(UTC):%Y%m%d%H%M%S%f}{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Sent:
+    message: Message
+    duplicate: bool
+    ai_record_id: str | None = None
+
+
+# Sessions and members
+
+
+async def member_role(s: AsyncSession, session_id: str, user_id: str) -> str | None:
+    role: str | None = await s.scalar(
+        select(SessionMember.role).where(SessionMember.session_id == session_id, SessionMember.user_id == user_id)
+    )
+    return role
+
+
+async def require_member(s: AsyncSession, session_id: str, user_id: str) -> str:
+    """The caller's role; Forbidden when not a member, whether or not the session exists."""
+    role = await member_role(s, session_id, user_id)
+    if role is None:
+        raise Forbidden("not a member of this session")
+    return role
+
+
+async def member_ids(s: AsyncSession, session_id: str) -> list[str]:
+    result = await s.scalars(select(SessionMember.user_id).where(SessionMember.session_id == session_id))
+    return list(result)
+
+
+async def get_session(s: AsyncSession, session_id: str) -> ChatSession | None:
+    return await s.get(ChatSession, session_id)
+
+
+async def _insert_ignoring_conflict(
+    s: AsyncSession, table: type[ChatSession] | type[SessionMember], **values: object
+) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True when the row was inserted."""
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    result = await s.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def join_or_create(s: AsyncSession, session_id: str, user_id: str) -> None:
+    """A sender's right to write: a member may; an unknown session is created with the sender as owner."""
+    if await member_role(s, session_id, user_id) is not None:
+        return
+    now = utcnow()
+    created = await _insert_ignoring_conflict(
+        s,
+        ChatSession,
+        session_id=session_id,
+        created_by=user_id,
+        ai_enabled=True,
+        last_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if created:
+        await _insert_ignoring_conflict(
+            s, SessionMember, session_id=session_id, user_id=user_id, role="owner", joined_at=now
+        )
+        return
+    await require_member(s, session_id, user_id)  # a concurrent first message may have made us the owner
+
+
+async def create_session(
+    s: AsyncSession, creator: str, session_id: str | None, title: str | None, members: list[str], ai_enabled: bool
+) -> ChatSession:
+    session_id = session_id or new_id("s")[:48]
+    now = utcnow()
+    created = await _insert_ignoring_conflict(
+        s,
+        ChatSession,
+        session_id=session_id,
+        title=title,
+        created_by=creator,
+        ai_enabled=ai_enabled,
+        last_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if not created:
+        raise Conflict(f"session {session_id} already exists")
+    s.add(SessionMember(session_id=session_id, user_id=creator, role="owner", joined_at=now))
+    for user_id in dict.fromkeys(members):
+        if user_id != creator:
+            s.add(SessionMember(session_id=session_id, user_id=user_id, role="member", joined_at=now))
+    await s.flush()
+    session = await get_session(s, session_id)
+    assert session is not None
+    return session
+
+
+async def add_member(s: AsyncSession, session_id: str, actor: str, user_id: str) -> tuple[SessionMember, bool]:
+    """(member, created): any member may add; an existing member is returned as it is."""
+    await require_member(s, session_id, actor)
+    existing = await s.get(SessionMember, (session_id, user_id))
+    if existing is not None:
+        return existing, False
+    if not await _insert_ignoring_conflict(
+        s, SessionMember, session_id=session_id, user_id=user_id, role="member", joined_at=utcnow()
+    ):
+        existing = await s.get(SessionMember, (session_id, user_id))
+        assert existing is not None
+        return existing, False
+    member = await s.get(SessionMember, (session_id, user_id))
+    assert member is not None
+    return member, True
+
+
+async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[tuple[ChatSession, str, Message | None]]:
+    """The user's sessions, most recently active first, each with the caller's role and its last message."""
+    rows = await s.execute(
+        select(ChatSession, SessionMember.role, Message)
+        .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
+        .outerjoin(Message, and_(Message.session_id == ChatSession.session_id, Message.seq == ChatSession.last_seq))
+        .where(SessionMember.user_id == user_id)
+        .order_by(ChatSession.updated_at.desc(), ChatSession.session_id)
+        .limit(limit)
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def last_message(s: AsyncSession, session: ChatSession) -> Message | None:
+    return await s.scalar(
+        select(Message).where(Message.session_id == session.session_id, Message.seq == session.last_seq)
+    )
+
+
+# Messages
+
+
+async def find_by_client_id(s: AsyncSession, session_id: str, user_id: str, client_msg_id: str) -> Sent | None:
+    original = await s.scalar(
+        select(Message).where(
+            Message.session_id == session_id, Message.from_user_id == user_id, Message.client_msg_id == client_msg_id
+        )
+    )
+    if original is None:
+        return None
+    record_id = await s.scalar(
+        select(AIChatRecord.record_id)
+        .where(AIChatRecord.user_message_id == original.message_id)
+        .order_by(AIChatRecord.created_at)
+        .limit(1)
+    )
+    return Sent(original, duplicate=True, ai_record_id=record_id)
+
+
+async def append_message(
+    s: AsyncSession, session_id: str, author: str, content: str, client_msg_id: str | None = None
+) -> Message:
+    """Store a message with the session's next seq, in the caller's transaction.
+
+    The UPDATE … RETURNING takes the session row's lock, so concurrent senders to one session get
+    consecutive seqs; a rolled-back insert rolls the counter back with it, so there are no gaps.
+    """
+    now = utcnow()
+    seq = await s.scalar(
+        update(ChatSession)
+        .where(ChatSession.session_id == session_id)
+        .values(last_seq=ChatSession.last_seq + 1, updated_at=now)
+        .returning(ChatSession.last_seq)
+    )
+    assert seq is not None, f"session {session_id} vanished"
+    message = Message(
+        message_id=new_id("msg"),
+        session_id=session_id,
+        seq=seq,
+        from_user_id=author,
+        msg_type="TEXT",
+        msg_content=content,
+        client_msg_id=client_msg_id,
+        created_at=now,
+        updated_at=now,
+    )
+    s.add(message)
+    await s.flush()
+    return message
+
+
+async def get_message(s: AsyncSession, message_id: str) -> Message | None:
+    return await s.scalar(select(Message).where(Message.message_id == message_id))
+
+
+async def page_newest_first(s: AsyncSession, session_id: str, page: int, page_size: int) -> list[Message]:
+    result = await s.scalars(
+        select(Message)
+        .where(Message.session_id == session_id)
+        .order_by(Message.seq.desc())
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    )
+    return list(result)
+
+
+async def before_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[Message], bool]:
+    """Up to `limit` messages with seq < `seq`, newest first, and whether older ones remain."""
+    result = await s.scalars(
+        select(Message)
+        .where(Message.session_id == session_id, Message.seq < seq)
+        .order_by(Message.seq.desc())
+        .limit(limit + 1)
+    )
+    rows = list(result)
+    return rows[:limit], len(rows) > limit
+
+
+async def after_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[Message], bool]:
+    """Up to `limit` messages with seq > `seq`, oldest first, and whether newer ones remain."""
+    result = await s.scalars(
+        select(Message)
+        .where(Message.session_id == session_id, Message.seq > seq)
+        .order_by(Message.seq)
+        .limit(limit + 1)
+    )
+    rows = list(result)
+    return rows[:limit], len(rows) > limit
+
+
+async def message_count(s: AsyncSession, session_id: str) -> int:
+    last: int | None = await s.scalar(select(ChatSession.last_seq).where(ChatSession.session_id == session_id))
+    return last or 0

@@ -1,0 +1,144 @@
+"""The WebSocket endpoint (SPEC §5): authenticate, then one loop reading frames while a sender task writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from imsvc.auth import bearer, verify_token
+from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed
+from imsvc.hub import Connection
+from imsvc.logs import get_logger
+from imsvc.schemas import (
+    INBOUND_TYPES,
+    AiCancelFrame,
+    ErrorFrame,
+    FrameId,
+    InboundFrame,
+    MessageOut,
+    PingFrame,
+    PongFrame,
+    SendMessageFrame,
+    SyncFrame,
+    SyncResultFrame,
+)
+from imsvc.services import Services, services
+
+log = get_logger(__name__)
+
+MAX_FRAME = 65536
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_WRONG_USER = 4403
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+
+inbound: TypeAdapter[SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame] = TypeAdapter(InboundFrame)
+
+
+def frame_ref(data: Any) -> FrameId | None:
+    ref = data.get("id") if isinstance(data, dict) else None
+    return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
+
+
+def parse(text: str) -> SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InvalidJson("frame is not valid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise BadRequest("a frame is a JSON object with a string `type`")
+    if data["type"] not in INBOUND_TYPES:
+        raise UnknownType(f"unknown frame type {data['type']!r}")
+    try:
+        return inbound.validate_python(data)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        raise ValidationFailed(details) from None
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    svc = services(websocket)
+    await websocket.accept()
+    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
+    try:
+        user_id = verify_token(svc.settings.secret, token)
+    except Unauthorized as exc:
+        await websocket.close(CLOSE_UNAUTHORIZED, exc.message)
+        return
+    path_user = websocket.path_params.get("user_id")
+    if path_user is not None and path_user != user_id:
+        await websocket.close(CLOSE_WRONG_USER, "path user is not the token's user")
+        return
+    conn = Connection(websocket, user_id, svc.settings.ws_send_queue)
+    if svc.draining or not svc.hub.register(conn):
+        await websocket.close(CLOSE_TRY_AGAIN, "too many connections")
+        return
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+    sender = asyncio.create_task(conn.run_sender())
+    try:
+        await receive_loop(svc, websocket, conn)
+    finally:
+        svc.hub.unregister(conn)
+        if not sender.done():
+            conn.close(1000)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sender), timeout=1)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+
+
+async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) -> None:
+    while not conn.closing:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+        if len(text) > MAX_FRAME // 4 and len(text.encode()) > MAX_FRAME:
+            conn.close(CLOSE_TOO_BIG, "frame over 64 KiB")
+            return
+        await handle(svc, conn, text)
+
+
+async def handle(svc: Services, conn: Connection, text: str) -> None:
+    ref: FrameId | None = None
+    try:
+        with contextlib.suppress(ValueError):
+            ref = frame_ref(json.loads(text))
+        frame = parse(text)
+        await dispatch(svc, conn, frame)
+    except ImsvcError as exc:
+        conn.send(ErrorFrame(code=exc.code, message=exc.message, ref=ref))
+    except Exception:
+        log.exception("frame failed")
+        conn.send(ErrorFrame(code="internal", message="internal error", ref=ref))
+
+
+async def dispatch(
+    svc: Services, conn: Connection, frame: SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame
+) -> None:
+    match frame:
+        case PingFrame():
+            conn.send(PongFrame(ref=frame.id))
+        case SendMessageFrame():
+            session_id = frame.session_id or conn.user_id
+            await svc.chat.send(conn.user_id, session_id, frame.content, frame.client_msg_id, origin=conn, ref=frame.id)
+        case SyncFrame():
+            rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
+            messages = [MessageOut.model_validate(m, from_attributes=True) for m in rows]
+            conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more))
+        case AiCancelFrame():
+            raise BadRequest("no AI replies to cancel")
+
+
+def routes() -> list[WebSocketRoute]:
+    return [WebSocketRoute("/ws", endpoint), WebSocketRoute("/ws/{user_id}", endpoint)]

@@ -1,0 +1,84 @@
+"""Delivery guarantees (SPEC §7): exactly once, in seq order, to every socket; sync fills the gaps."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from tests.helpers import LiveServer, WsClient, uid
+
+
+async def test_every_socket_gets_every_message_once_in_order(server: LiveServer) -> None:
+    users = [uid() for _ in range(5)]
+    room = uid("s")
+    await server.post("/sessions", users[0], {"session_id": room, "members": users[1:], "ai_enabled": False})
+    async with AsyncExitStack() as stack:
+        sockets: list[tuple[str, WsClient]] = []
+        for user in users:
+            for _ in range(4):
+                sockets.append((user, await stack.enter_async_context(server.ws(user))))
+
+        async def sender(index: int) -> None:
+            _user, ws = sockets[index]
+            for i in range(10):
+                await ws.send({"type": "send_message", "session_id": room, "content": f"{index}:{i}"})
+
+        await asyncio.gather(*(sender(i) for i in range(len(sockets))))  # 20 x 10 = 200 messages at once
+
+        async def collect(ws: WsClient) -> list[dict[str, object]]:
+            seen: list[dict[str, object]] = []
+            while len(seen) < 200:
+                frame = await ws.recv()
+                assert frame["type"] in ("new_message", "message_sent"), frame
+                seen.append(frame["message"])
+            return seen
+
+        received = await asyncio.gather(*(collect(ws) for _, ws in sockets))
+        for (user, ws), messages in zip(sockets, received, strict=True):
+            assert [m["seq"] for m in messages] == list(range(1, 201)), user
+            await ws.nothing_more()
+        contents = {m["msg_content"] for m in received[0]}
+        assert contents == {f"{i}:{j}" for i in range(20) for j in range(10)}
+
+
+async def test_reconnect_and_sync_gets_exactly_what_was_missed(server: LiveServer) -> None:
+    alice, bob, room = uid(), uid(), uid("s")
+    await server.post("/sessions", alice, {"session_id": room, "members": [bob], "ai_enabled": False})
+    async with server.ws(bob) as ws:
+        await server.send(alice, room, "one")
+        await server.send(alice, room, "two")
+        last_seen = 0
+        for _ in range(2):
+            last_seen = (await ws.recv_type("new_message"))["message"]["seq"]
+    missed = [await server.send(alice, room, f"while away {i}") for i in range(3)]
+    async with server.ws(bob) as ws:
+        result = await ws.request({"type": "sync", "session_id": room, "after_seq": last_seen})
+        assert [m["message_id"] for m in result["messages"]] == [m["message_id"] for m in missed]
+        live = await server.send(alice, room, "back")
+        assert (await ws.recv_type("new_message"))["message"]["seq"] == live["seq"] == 6
+
+
+async def test_rest_send_reaches_all_the_senders_sockets(server: LiveServer) -> None:
+    alice, room = uid(), uid("s")
+    async with server.ws(alice) as a, server.ws(alice) as b:
+        sent = await server.send(alice, room, "from a script")
+        for ws in (a, b):
+            assert (await ws.recv())["message"]["message_id"] == sent["message_id"]
+
+
+async def test_member_added_while_connected_receives_from_then_on(server: LiveServer) -> None:
+    alice, bob, room = uid(), uid(), uid("s")
+    await server.send(alice, room, "before bob")
+    async with server.ws(bob) as ws:
+        r = await server.post(f"/sessions/{room}/members", alice, {"user_id": bob})
+        assert r.status_code == 201
+        sent = await server.send(alice, room, "welcome")
+        frame = await ws.recv()
+        assert frame["type"] == "new_message" and frame["message"]["message_id"] == sent["message_id"]
+
+
+async def test_non_members_receive_nothing(server: LiveServer) -> None:
+    alice, mallory, room = uid(), uid(), uid("s")
+    async with server.ws(mallory) as ws:
+        await server.send(alice, room, "secret")
+        await ws.nothing_more()
