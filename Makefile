@@ -19,7 +19,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check imsvc tests migrations
-	$(BIN)/ruff format --check imsvc migrations
+	$(BIN)/ruff format --check imsvc tests migrations
 	$(BIN)/mypy
 
 test: lint

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -18,13 +20,15 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imsvc import api, ws
+from imsvc import ai_api, api, ws
 from imsvc.bus import MemoryBus
 from imsvc.chat import Chat
 from imsvc.db import Database
 from imsvc.errors import ImsvcError, RateLimited
-from imsvc.hub import CLOSE_SHUTDOWN, Hub
+from imsvc.hub import Hub
+from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
+from imsvc.replies import ReplySupervisor
 from imsvc.schemas import error_payload
 from imsvc.services import Services
 from imsvc.settings import Settings, load_settings
@@ -85,7 +89,11 @@ def create_app(settings: Settings) -> Starlette:
         db = Database(settings.database_url)
         hub = Hub(settings.websocket_max_connections)
         bus = MemoryBus(hub)
-        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=Chat(db, bus))
+        chat = Chat(db, bus)
+        replies = ReplySupervisor(settings, db, chat, make_model(settings))
+        chat.replies = replies
+        await replies.interrupt_orphans()
+        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=chat, replies=replies)
         app.state.services = svc
         log.info("started", ai_provider=settings.provider, database=db.engine.dialect.name)
         if len(settings.secret.encode()) < 32:
@@ -93,8 +101,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            svc.draining = True
-            hub.close_all(CLOSE_SHUTDOWN, "server shutting down")
+            await svc.drain()
             await db.dispose()
             log.info("stopped")
 
@@ -106,11 +113,28 @@ def create_app(settings: Settings) -> Starlette:
             )
         )
     return Starlette(
-        routes=[*api.routes(settings.dev_mode), *ws.routes(), Mount("/", StaticFiles(directory=STATIC, html=True))],
+        routes=[
+            *api.routes(settings.dev_mode),
+            *ai_api.routes(),
+            *ws.routes(),
+            Mount("/", StaticFiles(directory=STATIC, html=True)),
+        ],
         middleware=middleware,
         exception_handlers={ImsvcError: imsvc_error, HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,
     )
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn closes every socket (1012) before the lifespan shutdown; draining first lets the members of
+    a session watch its running replies end within SHUTDOWN_GRACE_S."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        svc = getattr(getattr(app, "state", None), "services", None)
+        if isinstance(svc, Services):
+            await svc.drain()
+        await super().shutdown(sockets)
 
 
 def create_app_from_env() -> Starlette:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
 from imsvc import store
 from imsvc.bus import Bus
 from imsvc.db import Database
+from imsvc.errors import NotFound, ValidationFailed
 from imsvc.hub import Connection, Event
 from imsvc.models import Message
-from imsvc.schemas import FrameId, MessageOut, MessageSentFrame, NewMessageFrame
+from imsvc.schemas import AiReplyDeltaFrame, FrameId, MessageOut, MessageSentFrame, NewMessageFrame, ServerFrame
 
 SYNC_LIMIT = 200
 
@@ -41,13 +42,24 @@ class KeyedLock:
 
 
 class ReplyStarter(Protocol):
-    async def start(self, message: Message) -> str | None:
-        """Start an AI reply to a stored user message; the record id, or None when the session has no AI."""
+    @property
+    def model_name(self) -> str: ...
+
+    def enqueue(self, message: Message, record_id: str) -> bool:
+        """Queue a reply whose record (status 0) is committed; False when there is no room (busy)."""
+        ...
+
+    async def refuse(self, message: Message, record_id: str) -> None:
+        """End a reply that could not be queued, as `busy`."""
         ...
 
 
+def message_out(message: Message) -> MessageOut:
+    return MessageOut.model_validate(message, from_attributes=True)
+
+
 class Chat:
-    """Sending goes through one place so that ordering, fan-out and replies hold for REST and WebSocket alike.
+    """Every message goes through here, so that ordering, fan-out and replies hold for REST and WebSocket alike.
 
     Per session, storing and fanning out happen under one lock: the order in which seqs are
     committed is the order in which every socket receives the messages.
@@ -70,7 +82,7 @@ class Chat:
     ) -> store.Sent:
         async with self._session_locks.hold(session_id):
             sent, recipients = await self._store(user_id, session_id, content, client_msg_id)
-            out = MessageOut.model_validate(sent.message, from_attributes=True)
+            out = message_out(sent.message)
             if origin is not None:
                 origin.send(
                     MessageSentFrame(
@@ -84,15 +96,18 @@ class Chat:
                 )
             if sent.duplicate:
                 return sent
-            await self.bus.publish(
-                Event(
-                    tuple(recipients), text=NewMessageFrame(message=out).wire(), exclude=origin.id if origin else None
-                )
-            )
-        if self.replies is None:
-            return sent
-        record_id = await self.replies.start(sent.message)
-        return store.Sent(sent.message, duplicate=False, ai_record_id=record_id)
+            exclude = origin.id if origin else None
+            await self.bus.publish(Event(tuple(recipients), text=NewMessageFrame(message=out).wire(), exclude=exclude))
+            queued = self._enqueue(sent)
+        if sent.ai_record_id is not None and not queued and self.replies is not None:
+            await self.replies.refuse(sent.message, sent.ai_record_id)
+        return sent
+
+    def _enqueue(self, sent: store.Sent) -> bool:
+        """Queue the reply while the session lock is held, so that replies start in seq order."""
+        if self.replies is None or sent.ai_record_id is None:
+            return False
+        return self.replies.enqueue(sent.message, sent.ai_record_id)
 
     async def _store(
         self, user_id: str, session_id: str, content: str, client_msg_id: str | None
@@ -104,8 +119,13 @@ class Chat:
                     if original is not None:
                         return original, []
                 await store.join_or_create(s, session_id, user_id)
-                message = await store.append_message(s, session_id, user_id, content, client_msg_id)
-                return store.Sent(message, duplicate=False), await store.member_ids(s, session_id)
+                message, ai_enabled = await store.append_message(s, session_id, user_id, content, client_msg_id)
+                record_id = None
+                if ai_enabled and self.replies is not None:
+                    record = await store.create_record(s, session_id, message.message_id, self.replies.model_name)
+                    record_id = record.record_id
+                recipients = await store.member_ids(s, session_id)
+                return store.Sent(message, duplicate=False, ai_record_id=record_id), recipients
         except IntegrityError:
             if client_msg_id is None:
                 raise
@@ -115,6 +135,61 @@ class Chat:
         if original is None:
             raise RuntimeError("client_msg_id conflict without an original")
         return original, []
+
+    async def regenerate(self, user_id: str, message_id: str, bot_user_id: str) -> str:
+        """A new reply to a user message, its context ending at that message; the record id."""
+        if self.replies is None:
+            raise ValidationFailed("this server has no AI assistant")
+        async with self.db.reader() as s:
+            message = await store.get_message(s, message_id)
+            if message is None or await store.member_role(s, message.session_id, user_id) is None:
+                raise NotFound("no such message")
+            session = await store.get_session(s, message.session_id)
+        if message.from_user_id == bot_user_id:
+            raise ValidationFailed("regenerate takes a user message, not an AI reply")
+        if session is None or not session.ai_enabled:
+            raise ValidationFailed("this session has no AI assistant")
+        async with self._session_locks.hold(message.session_id):
+            async with self.db.transaction() as s:
+                record = await store.create_record(s, message.session_id, message.message_id, self.replies.model_name)
+            queued = self.replies.enqueue(message, record.record_id)
+        if not queued:
+            await self.replies.refuse(message, record.record_id)
+        return record.record_id
+
+    async def conclude_reply(
+        self,
+        session_id: str,
+        record_id: str,
+        author: str,
+        text: str,
+        record: dict[str, Any],
+        frame: Callable[[MessageOut | None], ServerFrame],
+    ) -> ServerFrame:
+        """Store a reply's text (when there is any) as the author's message and close its record, in one
+        transaction and in the session's order; then send `frame(message)` to every member."""
+        async with self._session_locks.hold(session_id):
+            async with self.db.transaction() as s:
+                message = None
+                if text:
+                    message, _ = await store.append_message(s, session_id, author, text)
+                await store.update_record(
+                    s,
+                    record_id,
+                    response_content=text or None,
+                    ai_message_id=message.message_id if message else None,
+                    **record,
+                )
+                recipients = await store.member_ids(s, session_id)
+            final = frame(message_out(message) if message else None)
+            await self.bus.publish(Event(tuple(recipients), text=final.wire()))
+        return final
+
+    async def publish(self, recipients: tuple[str, ...], frame: ServerFrame) -> None:
+        if isinstance(frame, AiReplyDeltaFrame):
+            await self.bus.publish(Event(recipients, delta=frame))
+        else:
+            await self.bus.publish(Event(recipients, text=frame.wire()))
 
     async def history_after(self, user_id: str, session_id: str, after_seq: int) -> tuple[list[Message], bool]:
         async with self.db.reader() as s:

@@ -52,14 +52,20 @@ def serve(args: argparse.Namespace) -> None:
     os.environ["JWT_SECRET"] = settings.secret
     if settings.migrate_on_start:
         migrate(settings.database_url)
-    uvicorn.run(
-        "imsvc.app:create_app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        **uvicorn_options(),
-    )
+    if args.workers > 1:
+        uvicorn.run(
+            "imsvc.app:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            **uvicorn_options(),
+        )
+        return
+    from imsvc.app import GracefulServer, create_app
+
+    app = create_app(settings)
+    GracefulServer(uvicorn.Config(app, host=args.host, port=args.port, **uvicorn_options())).run()
 
 
 def run_migrate(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from imsvc.logs import get_logger
 from imsvc.schemas import AiReplyDeltaFrame, ServerFrame
@@ -31,8 +31,9 @@ class Event:
 class Connection:
     """One socket's outgoing side: a bounded buffer drained by `run_sender`.
 
-    Waiting deltas of one reply are merged into a single frame instead of taking queue places, so a
-    slow reader of a long reply gets fewer, larger deltas; only other frames can overflow the buffer.
+    Consecutive waiting deltas of one reply are merged into a single frame instead of taking queue
+    places, so a slow reader of a long reply gets fewer, larger deltas; only other frames can
+    overflow the buffer.
     """
 
     def __init__(self, websocket: WebSocket, user_id: str, limit: int) -> None:
@@ -62,6 +63,8 @@ class Connection:
             return
         self._items.append(frame if isinstance(frame, str) else frame.wire())
         self._counted += 1
+        # Later deltas must not merge into one queued before this frame (a snapshot, the final reply).
+        self._waiting_deltas.clear()
         self._wakeup.set()
 
     def send_delta(self, frame: AiReplyDeltaFrame) -> None:
@@ -83,6 +86,12 @@ class Connection:
             self._wakeup.set()
 
     async def run_sender(self) -> None:
+        try:
+            await self._drain()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._close_code = self._close_code or 1006  # the peer is gone: nothing more to send
+
+    async def _drain(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()

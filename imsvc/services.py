@@ -9,7 +9,8 @@ from starlette.requests import HTTPConnection
 from imsvc.bus import Bus
 from imsvc.chat import Chat
 from imsvc.db import Database
-from imsvc.hub import Hub
+from imsvc.hub import CLOSE_SHUTDOWN, Hub
+from imsvc.replies import ReplySupervisor
 from imsvc.settings import Settings
 
 
@@ -20,7 +21,19 @@ class Services:
     hub: Hub
     bus: Bus
     chat: Chat
+    replies: ReplySupervisor
     draining: bool = field(default=False)
+
+    async def drain(self) -> None:
+        """Shutting down: refuse new work, give running replies their grace, then close every socket (1012).
+
+        Runs before the server closes its connections, so that members see the replies end.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        await self.replies.shutdown(self.settings.shutdown_grace_s)
+        self.hub.close_all(CLOSE_SHUTDOWN, "server shutting down")
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -172,20 +172,22 @@ async def find_by_client_id(s: AsyncSession, session_id: str, user_id: str, clie
 
 async def append_message(
     s: AsyncSession, session_id: str, author: str, content: str, client_msg_id: str | None = None
-) -> Message:
-    """Store a message with the session's next seq, in the caller's transaction.
+) -> tuple[Message, bool]:
+    """Store a message with the session's next seq, in the caller's transaction; also the session's ai_enabled.
 
     The UPDATE … RETURNING takes the session row's lock, so concurrent senders to one session get
     consecutive seqs; a rolled-back insert rolls the counter back with it, so there are no gaps.
     """
     now = utcnow()
-    seq = await s.scalar(
-        update(ChatSession)
-        .where(ChatSession.session_id == session_id)
-        .values(last_seq=ChatSession.last_seq + 1, updated_at=now)
-        .returning(ChatSession.last_seq)
-    )
-    assert seq is not None, f"session {session_id} vanished"
+    row = (
+        await s.execute(
+            update(ChatSession)
+            .where(ChatSession.session_id == session_id)
+            .values(last_seq=ChatSession.last_seq + 1, updated_at=now)
+            .returning(ChatSession.last_seq, ChatSession.ai_enabled)
+        )
+    ).one()
+    seq, ai_enabled = row
     message = Message(
         message_id=new_id("msg"),
         session_id=session_id,
@@ -199,7 +201,7 @@ async def append_message(
     )
     s.add(message)
     await s.flush()
-    return message
+    return message, ai_enabled
 
 
 async def get_message(s: AsyncSession, message_id: str) -> Message | None:
@@ -244,3 +246,69 @@ async def after_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> t
 async def message_count(s: AsyncSession, session_id: str) -> int:
     last: int | None = await s.scalar(select(ChatSession.last_seq).where(ChatSession.session_id == session_id))
     return last or 0
+
+
+async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limit: int) -> list[Message]:
+    """The last `limit` messages up to and including seq `upto_seq`, oldest first."""
+    result = await s.scalars(
+        select(Message)
+        .where(Message.session_id == session_id, Message.seq <= upto_seq)
+        .order_by(Message.seq.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(result)))
+
+
+# AI chat records
+
+
+async def create_record(s: AsyncSession, session_id: str, user_message_id: str, model: str) -> AIChatRecord:
+    now = utcnow()
+    record = AIChatRecord(
+        record_id=new_id("record"),
+        session_id=session_id,
+        user_message_id=user_message_id,
+        request_content="",
+        status=0,
+        model=model,
+        created_at=now,
+        updated_at=now,
+    )
+    s.add(record)
+    await s.flush()
+    return record
+
+
+async def get_record(s: AsyncSession, record_id: str) -> AIChatRecord | None:
+    return await s.get(AIChatRecord, record_id)
+
+
+async def update_record(s: AsyncSession, record_id: str, **values: object) -> None:
+    await s.execute(
+        update(AIChatRecord).where(AIChatRecord.record_id == record_id).values(updated_at=utcnow(), **values)
+    )
+
+
+async def records_of(s: AsyncSession, session_id: str, limit: int) -> list[AIChatRecord]:
+    result = await s.scalars(
+        select(AIChatRecord)
+        .where(AIChatRecord.session_id == session_id)
+        .order_by(AIChatRecord.created_at.desc(), AIChatRecord.record_id.desc())
+        .limit(limit)
+    )
+    return list(result)
+
+
+async def interrupt_unfinished(s: AsyncSession) -> int:
+    """Records a crash left at status 0 become failed (`interrupted`); how many there were."""
+    result = await s.execute(
+        update(AIChatRecord)
+        .where(AIChatRecord.status == 0)
+        .values(
+            status=2,
+            finish_reason="interrupted",
+            error_message="interrupted: the server stopped during the reply",
+            updated_at=utcnow(),
+        )
+    )
+    return int(getattr(result, "rowcount", 0))

@@ -86,13 +86,9 @@ async def endpoint(websocket: WebSocket) -> None:
         await receive_loop(svc, websocket, conn)
     finally:
         svc.hub.unregister(conn)
-        if not sender.done():
-            conn.close(1000)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(sender), timeout=1)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        conn.close(1000)  # flush what is buffered, then close (a no-op if it is closing already)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sender, timeout=1)  # cancels it past the timeout
 
 
 async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) -> None:
@@ -136,8 +132,11 @@ async def dispatch(
             rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
             messages = [MessageOut.model_validate(m, from_attributes=True) for m in rows]
             conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more))
+            # No await since the query: the snapshots and the deltas after them leave no gap.
+            for reply in svc.replies.running(frame.session_id):
+                conn.send(reply.snapshot())
         case AiCancelFrame():
-            raise BadRequest("no AI replies to cancel")
+            await svc.replies.cancel(conn.user_id, frame.record_id)
 
 
 def routes() -> list[WebSocketRoute]:

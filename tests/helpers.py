@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from imsvc.app import create_app
+from imsvc.app import GracefulServer, create_app
 from imsvc.auth import mint_token
 from imsvc.cli import uvicorn_options
 from imsvc.settings import Settings
@@ -53,6 +53,13 @@ class LiveServer:
 
     async def get(self, path: str, user: str | None, **kw: Any) -> httpx.Response:
         return await self.http.get(path, headers=auth(user) if user else {}, **kw)
+
+    async def room(self, owner: str, *members: str, ai: bool = False) -> str:
+        """A new session of `owner` and `members`; without the assistant unless `ai`."""
+        session_id = uid("s")
+        r = await self.post("/sessions", owner, {"session_id": session_id, "members": members, "ai_enabled": ai})
+        assert r.status_code == 201, r.text
+        return session_id
 
     async def send(self, user: str, session_id: str, content: str, **extra: Any) -> dict[str, Any]:
         r = await self.post("/message/send", user, {"session_id": session_id, "content": content, **extra})
@@ -136,7 +143,7 @@ async def serve_app(app: Any, **options: Any) -> AsyncIterator[tuple[str, uvicor
     """Serve an ASGI app with a real uvicorn on 127.0.0.1 at a port the OS picks."""
     sock = free_socket()
     config = uvicorn.Config(app, lifespan="on", **{**uvicorn_options(), **options})
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await wait_until_started(server, task)
@@ -151,8 +158,14 @@ async def serve_app(app: Any, **options: Any) -> AsyncIterator[tuple[str, uvicor
 @asynccontextmanager
 async def start_server(database_url: str, **overrides: Any) -> AsyncIterator[LiveServer]:
     values: dict[str, Any] = {
-        "database_url": database_url, "jwt_secret": SECRET, "dev_mode": True, "migrate_on_start": False,
-        "ai_provider": "echo", "ai_echo_delay_ms": 0, "log_level": "WARNING", "rate_limit_messages": 0,
+        "database_url": database_url,
+        "jwt_secret": SECRET,
+        "dev_mode": True,
+        "migrate_on_start": False,
+        "ai_provider": "echo",
+        "ai_echo_delay_ms": 0,
+        "log_level": "WARNING",
+        "rate_limit_messages": 0,
     }
     values.update(overrides)
     settings = Settings(_env_file=None, **values)

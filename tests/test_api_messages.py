@@ -34,7 +34,8 @@ async def test_retried_send_with_client_msg_id_returns_the_original(server: Live
 
 
 async def test_concurrent_retries_store_one_message(server: LiveServer) -> None:
-    alice, room = uid(), uid("s")
+    alice = uid()
+    room = await server.room(alice)
     await server.send(alice, room, "first")
     body = {"session_id": room, "content": "retried", "client_msg_id": "same"}
     answers = await asyncio.gather(*(server.post("/message/send", alice, body) for _ in range(8)))
@@ -63,7 +64,8 @@ async def test_get_one_message(server: LiveServer) -> None:
 
 
 async def test_list_pages_newest_first(server: LiveServer) -> None:
-    alice, room = uid(), uid("s")
+    alice = uid()
+    room = await server.room(alice)
     for i in range(1, 8):
         await server.send(alice, room, f"m{i}")
     r = await server.get("/message/list", alice, params={"session_id": room, "page": 2, "page_size": 3})
@@ -77,7 +79,8 @@ async def test_list_pages_newest_first(server: LiveServer) -> None:
 
 
 async def test_list_keyset_before_and_after(server: LiveServer) -> None:
-    alice, room = uid(), uid("s")
+    alice = uid()
+    room = await server.room(alice)
     for i in range(1, 8):
         await server.send(alice, room, f"m{i}")
     before = (await server.get("/message/list", alice, params={"session_id": room, "before_seq": 6, "limit": 3})).json()
@@ -203,7 +206,8 @@ async def test_precedence_of_errors(server: LiveServer) -> None:
 
 
 async def test_non_members_are_refused(server: LiveServer) -> None:
-    owner, mallory, room = uid(), uid(), uid("s")
+    owner, mallory = uid(), uid()
+    room = await server.room(owner)
     await server.send(owner, room, "private")
     r = await server.post("/message/send", mallory, {"session_id": room, "content": "let me in"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
@@ -215,8 +219,8 @@ async def test_non_members_are_refused(server: LiveServer) -> None:
 
 
 async def test_seq_is_gap_free_under_concurrent_senders(server: LiveServer) -> None:
-    room, users = uid("s"), [uid() for _ in range(5)]
-    await server.post("/sessions", users[0], {"session_id": room, "members": users[1:]})
+    users = [uid() for _ in range(5)]
+    room = await server.room(users[0], *users[1:])
 
     async def burst(user: str) -> list[int]:
         return [(await server.send(user, room, f"{user}-{i}"))["seq"] for i in range(10)]
@@ -226,5 +230,5 @@ async def test_seq_is_gap_free_under_concurrent_senders(server: LiveServer) -> N
     assert seqs == list(range(1, 51))
     for r in results:
         assert r == sorted(r)  # each sender's own messages are ordered
-    listing = (await server.get("/message/list", users[0], params={"session_id": room, "after_seq": 0, "limit": 200}))
+    listing = await server.get("/message/list", users[0], params={"session_id": room, "after_seq": 0, "limit": 200})
     assert [m["seq"] for m in listing.json()["messages"]] == list(range(1, 51))

@@ -32,8 +32,13 @@ async def test_existing_session_id_is_409_for_anyone(server: LiveServer) -> None
 
 async def test_bad_session_bodies(server: LiveServer) -> None:
     alice = uid()
-    for body in [{"session_id": "no spaces"}, {"members": ["ok", "not ok"]}, {"title": "x" * 201},
-                 {"ai_enabled": "sometimes"}, {"members": "bob"}]:
+    for body in [
+        {"session_id": "no spaces"},
+        {"members": ["ok", "not ok"]},
+        {"title": "x" * 201},
+        {"ai_enabled": "sometimes"},
+        {"members": "bob"},
+    ]:
         r = await server.post("/sessions", alice, body)
         assert r.status_code == 422, body
     assert (await server.http.post("/sessions", content=b"{", headers={"Authorization": "Bearer x"})).status_code == 401
@@ -41,7 +46,8 @@ async def test_bad_session_bodies(server: LiveServer) -> None:
 
 
 async def test_sessions_are_ordered_by_activity_with_last_message(server: LiveServer) -> None:
-    alice, a, b = uid(), uid("s"), uid("s")
+    alice = uid()
+    a, b = await server.room(alice), await server.room(alice)
     await server.send(alice, a, "in a")
     await server.send(alice, b, "in b")
     await server.send(alice, a, "a again")

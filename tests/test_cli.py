@@ -18,7 +18,11 @@ CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(OURS)}
 
 def imsvc(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "imsvc", *args], cwd=cwd, env={**CLEAN, **env}, capture_output=True, text=True,
+        [sys.executable, "-m", "imsvc", *args],
+        cwd=cwd,
+        env={**CLEAN, **env},
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 

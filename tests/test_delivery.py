@@ -67,7 +67,8 @@ async def test_rest_send_reaches_all_the_senders_sockets(server: LiveServer) -> 
 
 
 async def test_member_added_while_connected_receives_from_then_on(server: LiveServer) -> None:
-    alice, bob, room = uid(), uid(), uid("s")
+    alice, bob = uid(), uid()
+    room = await server.room(alice)
     await server.send(alice, room, "before bob")
     async with server.ws(bob) as ws:
         r = await server.post(f"/sessions/{room}/members", alice, {"user_id": bob})

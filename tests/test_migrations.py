@@ -40,6 +40,7 @@ def test_schema_constraints(empty_database_url: str) -> None:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
+
                 def read(sync):  # type: ignore[no-untyped-def]
                     insp = inspect(sync)
                     uniques = [set(u["column_names"]) for u in insp.get_unique_constraints("messages")]

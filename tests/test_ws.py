@@ -162,7 +162,8 @@ async def test_http_upgrade_to_unknown_path_is_refused(server: LiveServer) -> No
 
 
 async def test_sync_returns_missed_messages_oldest_first(server: LiveServer) -> None:
-    alice, room = uid(), uid("s")
+    alice = uid()
+    room = await server.room(alice)
     for i in range(5):
         await server.send(alice, room, f"m{i}")
     async with server.ws(alice) as ws:
@@ -172,7 +173,8 @@ async def test_sync_returns_missed_messages_oldest_first(server: LiveServer) -> 
 
 
 async def test_sync_pages_at_200(server: LiveServer) -> None:
-    alice, room = uid(), uid("s")
+    alice = uid()
+    room = await server.room(alice)
     async with server.ws(alice) as ws:
         for i in range(205):
             await ws.send({"type": "send_message", "session_id": room, "content": f"m{i}"})

@@ -1,0 +1,144 @@
+"""HTTP routes of AI replies: records, cancel, regenerate, and the Server-Sent Events stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from imsvc import store
+from imsvc.api import read_json, render, user_of, validate
+from imsvc.errors import NotFound
+from imsvc.models import AIChatRecord
+from imsvc.replies import FAILED, Reply
+from imsvc.schemas import (
+    AiReplyDeltaFrame,
+    AiReplyErrorFrame,
+    AiReplyFrame,
+    ErrorDetail,
+    MessageOut,
+    RecordList,
+    RecordOut,
+    RecordsQuery,
+    RegenerateIn,
+    ServerFrame,
+)
+from imsvc.services import Services, services
+
+
+def record_out(record: AIChatRecord) -> RecordOut:
+    return RecordOut.model_validate(record, from_attributes=True)
+
+
+async def visible_record(svc: Services, user_id: str, record_id: str) -> AIChatRecord:
+    """The record, or 404 when it does not exist or lies in a session the caller is not in."""
+    async with svc.db.reader() as s:
+        record = await store.get_record(s, record_id)
+        if record is None or await store.member_role(s, record.session_id, user_id) is None:
+            raise NotFound("no such AI record")
+    return record
+
+
+async def list_records(request: Request) -> Response:
+    user_id = user_of(request)
+    query = validate(RecordsQuery, dict(request.query_params))
+    async with services(request).db.reader() as s:
+        await store.require_member(s, query.session_id, user_id)
+        records = await store.records_of(s, query.session_id, query.limit)
+    return render(RecordList(records=[record_out(r) for r in records]))
+
+
+async def get_record(request: Request) -> Response:
+    record = await visible_record(services(request), user_of(request), request.path_params["record_id"])
+    return render(record_out(record))
+
+
+async def cancel(request: Request) -> Response:
+    svc, user_id, record_id = services(request), user_of(request), request.path_params["record_id"]
+    await svc.replies.cancel(user_id, record_id)
+    return render(record_out(await visible_record(svc, user_id, record_id)), 202)
+
+
+async def regenerate(request: Request) -> Response:
+    svc, user_id = services(request), user_of(request)
+    body = await read_json(request, RegenerateIn)
+    record_id = await svc.chat.regenerate(user_id, body.message_id, svc.settings.ai_bot_user_id)
+    return render(record_out(await visible_record(svc, user_id, record_id)), 202)
+
+
+def sse(event: str, data: dict[str, object]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def final_event(frame: ServerFrame) -> str:
+    kind = "error" if isinstance(frame, AiReplyErrorFrame) else "done"
+    return sse(kind, frame.model_dump(mode="json", exclude={"type"}))
+
+
+async def live_events(svc: Services, user_id: str, reply: Reply) -> AsyncIterator[str]:
+    async with svc.replies.listen(reply) as frames:
+        if reply.done.is_set():  # it ended before the response began
+            async for event in stored_events(svc, await visible_record(svc, user_id, reply.record_id)):
+                yield event
+            return
+        yield sse("snapshot", {"record_id": reply.record_id, "content": reply.text})
+        while True:
+            frame = await frames.get()
+            if isinstance(frame, AiReplyDeltaFrame):
+                yield sse("delta", {"delta": frame.delta, "offset": frame.offset})
+            elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
+                yield final_event(frame)
+                return
+
+
+async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[str]:
+    message: MessageOut | None = None
+    if record.ai_message_id is not None:
+        async with svc.db.reader() as s:
+            stored = await store.get_message(s, record.ai_message_id)
+        message = MessageOut.model_validate(stored, from_attributes=True) if stored else None
+    content = record.response_content or ""
+    yield sse("snapshot", {"record_id": record.record_id, "content": content})
+    if record.status == FAILED:
+        code, _, detail = (record.error_message or "internal: failed").partition(": ")
+        frame: ServerFrame = AiReplyErrorFrame(
+            record_id=record.record_id,
+            session_id=record.session_id,
+            user_message_id=record.user_message_id,
+            error=ErrorDetail(code=code, message=detail or code),
+            message=message,
+        )
+    else:
+        frame = AiReplyFrame(
+            message_id=record.ai_message_id,
+            content=content,
+            user_message_id=record.user_message_id,
+            record_id=record.record_id,
+            session_id=record.session_id,
+            message=message,
+            finish_reason=record.finish_reason or "stop",
+        )
+    yield final_event(frame)
+
+
+async def stream(request: Request) -> Response:
+    svc, user_id = services(request), user_of(request)
+    record = await visible_record(svc, user_id, request.path_params["record_id"])
+    reply = svc.replies.get(record.record_id)
+    if reply is None and record.status == 0:  # it ended between the read and now: read it again
+        record = await visible_record(svc, user_id, record.record_id)
+    events = live_events(svc, user_id, reply) if reply is not None else stored_events(svc, record)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ai/records", list_records, methods=["GET"]),
+        Route("/ai/records/{record_id}", get_record, methods=["GET"]),
+        Route("/ai/records/{record_id}/cancel", cancel, methods=["POST"]),
+        Route("/ai/records/{record_id}/stream", stream, methods=["GET"]),
+        Route("/ai/regenerate", regenerate, methods=["POST"]),
+    ]

@@ -1,0 +1,169 @@
+"""The model boundary: stream a chat reply as text deltas.
+
+The only module that imports openai. Every provider but `echo` is reached through the SDK at its
+OpenAI-compatible base URL; `echo` streams a deterministic reply offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
+
+import openai
+from openai.types.chat import ChatCompletionChunk
+
+from imsvc.errors import ProviderError
+from imsvc.settings import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "anthropic": "https://api.anthropic.com/v1/",
+    "ollama": "http://localhost:11434/v1",
+}
+
+# The SDK retries 408/409/429/5xx and connection errors with backoff, honouring Retry-After, and
+# only while no response has been accepted: never once the stream has started (SPEC §9 Retries).
+MAX_RETRIES = 2
+CONNECT_TIMEOUT_S = 10.0
+
+# Echo streams a word with its trailing whitespace per piece, or one CJK character (that script has
+# no spaces); since the text starts with "Echo:", the pieces join back to it exactly.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+PIECE = re.compile(rf"[{_CJK}]\s*|[^\s{_CJK}]+\s*")
+
+
+@dataclass
+class Completion:
+    """How a stream ended; filled in while it runs."""
+
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class ChatModel(Protocol):
+    provider: str
+    model: str
+
+    def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
+        """Yield non-empty text deltas as they arrive and fill `result` by the end.
+
+        Any failure of the model server raises ProviderError; cancellation passes through untouched.
+        Close the generator (`contextlib.aclosing`) when leaving it early: that releases the request.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIModel:
+    def __init__(self, settings: Settings) -> None:
+        self.provider: str = settings.provider
+        self.model = settings.ai_model
+        self._temperature = settings.ai_temperature
+        self._max_tokens = settings.ai_max_tokens
+        # Ollama and self-hosted endpoints take no key (Settings checks the rest), but the SDK demands one.
+        api_key = settings.ai_api_key or ("ollama" if self.provider == "ollama" else "none")
+        self.base_url = settings.ai_base_url or BASE_URLS[self.provider]
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=self.base_url,
+            max_retries=MAX_RETRIES,
+            timeout=openai.Timeout(settings.ai_timeout_s, connect=CONNECT_TIMEOUT_S),
+        )
+
+    async def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
+        try:
+            chunks = await self._client.chat.completions.create(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=self._max_tokens,
+                temperature=self._temperature,
+            )
+        except openai.OpenAIError as exc:
+            raise ProviderError(_describe(exc)) from exc
+        async with chunks:
+            while True:
+                # Only the SDK's read is guarded: what the consumer throws in at `yield` passes through.
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except (openai.OpenAIError, ValueError) as exc:  # ValueError: a chunk that is not JSON
+                    raise ProviderError(_describe(exc)) from exc
+                # The SDK does not validate chunks: any field may be missing, hence the care below.
+                if not isinstance(chunk, ChatCompletionChunk):
+                    raise ProviderError("model server sent a malformed stream")
+                if chunk.usage is not None:
+                    result.prompt_tokens = _count(chunk.usage.prompt_tokens)
+                    result.completion_tokens = _count(chunk.usage.completion_tokens)
+                for choice in chunk.choices or ():
+                    if isinstance(choice.finish_reason, str):
+                        result.finish_reason = choice.finish_reason
+                    content = choice.delta.content if choice.delta is not None else None
+                    if isinstance(content, str) and content:
+                        yield content
+        # Some OpenAI-compatible servers end the stream without a finish_reason.
+        if result.finish_reason is None:
+            result.finish_reason = "stop"
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class EchoModel:
+    """The offline provider: answers the last user message with `Echo: <message>`, word by word."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.provider = "echo"
+        self.model = "echo"
+        self._delay_s = settings.ai_echo_delay_ms / 1000
+
+    async def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
+        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        pieces = PIECE.findall("Echo: " + last)
+        result.prompt_tokens = sum(len(m.get("content", "")) for m in messages) // 4
+        for count, piece in enumerate(pieces, start=1):
+            if self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            result.completion_tokens = count
+            yield piece
+        result.finish_reason = "stop"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def make_model(settings: Settings) -> ChatModel:
+    if settings.provider == "echo":
+        return EchoModel(settings)
+    return OpenAIModel(settings)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _describe(exc: Exception) -> str:
+    """A short reason for the record and the client: status and type, never the request or the key."""
+    if isinstance(exc, openai.APIStatusError):
+        code = f" ({exc.code[:60]})" if exc.code else ""
+        return f"model server answered HTTP {exc.status_code}{code}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "model server timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return "model server connection failed"
+    if isinstance(exc, openai.APIError):
+        return "model server reported an error in the stream"
+    if isinstance(exc, ValueError):
+        return "model server sent a malformed stream"
+    return f"model request failed ({type(exc).__name__})"
