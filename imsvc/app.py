@@ -28,6 +28,7 @@ from imsvc.errors import ImsvcError, RateLimited
 from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
+from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplySupervisor
 from imsvc.schemas import error_payload
 from imsvc.services import Services
@@ -89,7 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         db = Database(settings.database_url)
         hub = Hub(settings.websocket_max_connections)
         bus = MemoryBus(hub)
-        chat = Chat(db, bus)
+        chat = Chat(db, bus, RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s))
         replies = ReplySupervisor(settings, db, chat, make_model(settings))
         chat.replies = replies
         await replies.interrupt_orphans()

@@ -12,9 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from imsvc import store
 from imsvc.bus import Bus
 from imsvc.db import Database
-from imsvc.errors import NotFound, ValidationFailed
+from imsvc.errors import NotFound, RateLimited, ValidationFailed
 from imsvc.hub import Connection, Event
 from imsvc.models import Message
+from imsvc.ratelimit import RateLimiter
 from imsvc.schemas import AiReplyDeltaFrame, FrameId, MessageOut, MessageSentFrame, NewMessageFrame, ServerFrame
 
 SYNC_LIMIT = 200
@@ -65,9 +66,10 @@ class Chat:
     committed is the order in which every socket receives the messages.
     """
 
-    def __init__(self, db: Database, bus: Bus) -> None:
+    def __init__(self, db: Database, bus: Bus, limiter: RateLimiter) -> None:
         self.db = db
         self.bus = bus
+        self.limiter = limiter
         self.replies: ReplyStarter | None = None
         self._session_locks = KeyedLock()
 
@@ -80,8 +82,20 @@ class Chat:
         origin: Connection | None = None,
         ref: FrameId | None = None,
     ) -> store.Sent:
+        wait = self.limiter.take(user_id)
+        if wait is not None:
+            original = await self._original(user_id, session_id, client_msg_id)
+            if original is None:
+                raise RateLimited(wait)
         async with self._session_locks.hold(session_id):
-            sent, recipients = await self._store(user_id, session_id, content, client_msg_id)
+            try:
+                sent, recipients = await self._store(user_id, session_id, content, client_msg_id)
+            except Exception:
+                if wait is None:
+                    self.limiter.give_back(user_id)
+                raise
+            if sent.duplicate and wait is None:
+                self.limiter.give_back(user_id)  # idempotent repeats do not count
             out = message_out(sent.message)
             if origin is not None:
                 origin.send(
@@ -130,11 +144,16 @@ class Chat:
             if client_msg_id is None:
                 raise
         # A concurrent retry of the same client_msg_id committed first: answer with the original.
-        async with self.db.reader() as s:
-            original = await store.find_by_client_id(s, session_id, user_id, client_msg_id)
+        original = await self._original(user_id, session_id, client_msg_id)
         if original is None:
             raise RuntimeError("client_msg_id conflict without an original")
         return original, []
+
+    async def _original(self, user_id: str, session_id: str, client_msg_id: str | None) -> store.Sent | None:
+        if client_msg_id is None:
+            return None
+        async with self.db.reader() as s:
+            return await store.find_by_client_id(s, session_id, user_id, client_msg_id)
 
     async def regenerate(self, user_id: str, message_id: str, bot_user_id: str) -> str:
         """A new reply to a user message, its context ending at that message; the record id."""
@@ -149,6 +168,9 @@ class Chat:
             raise ValidationFailed("regenerate takes a user message, not an AI reply")
         if session is None or not session.ai_enabled:
             raise ValidationFailed("this session has no AI assistant")
+        wait = self.limiter.take(user_id)
+        if wait is not None:
+            raise RateLimited(wait)
         async with self._session_locks.hold(message.session_id):
             async with self.db.transaction() as s:
                 record = await store.create_record(s, message.session_id, message.message_id, self.replies.model_name)
