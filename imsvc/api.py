@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -190,6 +191,10 @@ async def ready(request: Request) -> Response:
     return render(ReadyOut(status="ready"))
 
 
+async def metrics(request: Request) -> Response:
+    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 def routes(dev_mode: bool) -> list[Route]:
     found = [
         Route("/message/send", send_message, methods=["POST"]),
@@ -200,6 +205,7 @@ def routes(dev_mode: bool) -> list[Route]:
         Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     if dev_mode:
         found.append(Route("/dev/token", dev_token, methods=["POST"]))

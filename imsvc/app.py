@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,6 +28,7 @@ from imsvc.errors import ImsvcError, RateLimited
 from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
+from imsvc.metrics import Metrics, RequestTimer
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplySupervisor
 from imsvc.schemas import error_payload
@@ -48,6 +49,10 @@ HTTP_CODES = {
     429: "rate_limited",
     503: "not_ready",
 }
+
+
+async def chat_page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html")
 
 
 async def imsvc_error(request: Request, exc: Exception) -> Response:
@@ -84,17 +89,19 @@ class RequestContext:
 
 def create_app(settings: Settings) -> Starlette:
     configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.database_url)
         hub = Hub(settings.websocket_max_connections)
         bus = MemoryBus(hub)
-        chat = Chat(db, bus, RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s))
-        replies = ReplySupervisor(settings, db, chat, make_model(settings))
+        metrics.watch_sockets(lambda: hub.count)
+        chat = Chat(db, bus, RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s), metrics)
+        replies = ReplySupervisor(settings, db, chat, make_model(settings), metrics)
         chat.replies = replies
         await replies.interrupt_orphans()
-        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=chat, replies=replies)
+        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=chat, replies=replies, metrics=metrics)
         app.state.services = svc
         log.info("started", ai_provider=settings.provider, database=db.engine.dialect.name)
         if len(settings.secret.encode()) < 32:
@@ -106,7 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             await db.dispose()
             log.info("stopped")
 
-    middleware = [Middleware(RequestContext)]
+    middleware = [Middleware(RequestContext), Middleware(RequestTimer, metrics=metrics)]
     if settings.cors_origin_list:
         middleware.append(
             Middleware(
@@ -118,7 +125,8 @@ def create_app(settings: Settings) -> Starlette:
             *api.routes(settings.dev_mode),
             *ai_api.routes(),
             *ws.routes(),
-            Mount("/", StaticFiles(directory=STATIC, html=True)),
+            Route("/", chat_page),
+            Mount("/static", StaticFiles(directory=STATIC)),
         ],
         middleware=middleware,
         exception_handlers={ImsvcError: imsvc_error, HTTPException: http_error, Exception: unexpected_error},

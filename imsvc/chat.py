@@ -14,6 +14,7 @@ from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import NotFound, RateLimited, ValidationFailed
 from imsvc.hub import Connection, Event
+from imsvc.metrics import Metrics
 from imsvc.models import Message
 from imsvc.ratelimit import RateLimiter
 from imsvc.schemas import AiReplyDeltaFrame, FrameId, MessageOut, MessageSentFrame, NewMessageFrame, ServerFrame
@@ -66,8 +67,9 @@ class Chat:
     committed is the order in which every socket receives the messages.
     """
 
-    def __init__(self, db: Database, bus: Bus, limiter: RateLimiter) -> None:
+    def __init__(self, db: Database, bus: Bus, limiter: RateLimiter, metrics: Metrics) -> None:
         self.db = db
+        self.metrics = metrics
         self.bus = bus
         self.limiter = limiter
         self.replies: ReplyStarter | None = None
@@ -110,6 +112,7 @@ class Chat:
                 )
             if sent.duplicate:
                 return sent
+            self.metrics.messages_stored.inc()
             exclude = origin.id if origin else None
             await self.bus.publish(Event(tuple(recipients), text=NewMessageFrame(message=out).wire(), exclude=exclude))
             queued = self._enqueue(sent)
@@ -195,6 +198,7 @@ class Chat:
                 message = None
                 if text:
                     message, _ = await store.append_message(s, session_id, author, text)
+                    self.metrics.messages_stored.inc()
                 await store.update_record(
                     s,
                     record_id,

@@ -24,6 +24,7 @@ from imsvc.db import Database
 from imsvc.errors import Conflict, NotFound, ProviderError
 from imsvc.llm import ChatModel, Completion
 from imsvc.logs import get_logger
+from imsvc.metrics import Metrics
 from imsvc.models import Message
 from imsvc.schemas import (
     AiReplyDeltaFrame,
@@ -76,7 +77,8 @@ class Outcome:
 
 
 class ReplySupervisor:
-    def __init__(self, settings: Settings, db: Database, chat: Chat, model: ChatModel) -> None:
+    def __init__(self, settings: Settings, db: Database, chat: Chat, model: ChatModel, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._db = db
         self._chat = chat
@@ -151,8 +153,10 @@ class ReplySupervisor:
             async with asyncio.timeout(self._settings.ai_timeout_s):
                 async with contextlib.aclosing(self._model.stream(messages, completion)) as deltas:
                     async for delta in deltas:
+                        self._metrics.deltas.inc()
                         if first_token is None:
                             first_token = time.monotonic()
+                            self._metrics.first_token.observe(first_token - began)
                         offset = len(reply.text)
                         reply.text += delta
                         await self._publish(
@@ -273,6 +277,7 @@ class ReplySupervisor:
         for listener in reply.listeners:
             if final is not None:
                 listener.put_nowait(final)
+        self._metrics.replies.labels(str(outcome.status)).inc()
         log.info(
             "reply ended",
             status=outcome.status,
@@ -327,8 +332,12 @@ class ReplySupervisor:
 
     async def interrupt_orphans(self) -> None:
         """At start-up: records a crash left at status 0 become failed (`interrupted`)."""
-        async with self._db.transaction() as s:
-            count = await store.interrupt_unfinished(s)
+        try:
+            async with self._db.transaction() as s:
+                count = await store.interrupt_unfinished(s)
+        except Exception:  # start anyway: /ready reports the database, and nothing can run without it
+            log.exception("could not check for interrupted replies")
+            return
         if count:
             log.warning("replies interrupted by an earlier crash", count=count)
 

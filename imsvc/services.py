@@ -10,6 +10,7 @@ from imsvc.bus import Bus
 from imsvc.chat import Chat
 from imsvc.db import Database
 from imsvc.hub import CLOSE_SHUTDOWN, Hub
+from imsvc.metrics import Metrics
 from imsvc.replies import ReplySupervisor
 from imsvc.settings import Settings
 
@@ -22,6 +23,7 @@ class Services:
     bus: Bus
     chat: Chat
     replies: ReplySupervisor
+    metrics: Metrics
     draining: bool = field(default=False)
 
     async def drain(self) -> None:

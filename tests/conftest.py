@@ -75,7 +75,7 @@ async def make_server(database_url: str) -> AsyncIterator[ServerFactory]:
     stack: list[Any] = []
 
     async def factory(**overrides: Any) -> LiveServer:
-        context = start_server(database_url, **overrides)
+        context = start_server(overrides.pop("database_url", database_url), **overrides)
         server = await context.__aenter__()
         stack.append(context)
         return server

@@ -259,6 +259,7 @@ function renderSessions() {
     return li;
   });
   $("sessions").replaceChildren(...items);
+  if (state.open) $("title").textContent = state.sessions.get(state.open)?.title || state.open;
 }
 
 // A message newer than what the list knows moves its session to the top.
@@ -285,19 +286,18 @@ async function openSession(id) {
   $("messages").replaceChildren();
   $("older").hidden = true;
   $("hint").textContent = "Loading…";
-  $("title").textContent = state.sessions.get(id)?.title || id;
   for (const control of [$("message"), $("send")]) control.disabled = false;
   updateStop();
   renderSessions();
   $("message").focus();
   const known = state.sessions.get(id);
-  if (await loadPage(known ? known.last_seq + 1 : NO_SEQ) && state.open === id) {
+  if ((await loadPage(known ? known.last_seq + 1 : NO_SEQ, true)) && state.open === id) {
     state.canSync = true;
     catchUp(); // fills anything newer than the page, and shows replies already running
   }
 }
 
-async function loadPage(beforeSeq) {
+async function loadPage(beforeSeq, first = false) {
   const id = state.open;
   const list = $("messages");
   state.loading = true;
@@ -305,7 +305,6 @@ async function loadPage(beforeSeq) {
     const query = new URLSearchParams({ session_id: id, before_seq: beforeSeq, limit: PAGE });
     const page = await api(`/message/list?${query}`);
     if (state.open !== id) return false;
-    const first = state.oldest == null;
     const height = list.scrollHeight;
     page.messages.forEach((m) => addMessage(m));
     $("older").hidden = !page.has_more;
@@ -316,11 +315,15 @@ async function loadPage(beforeSeq) {
   } catch (err) {
     if (state.open !== id) return false;
     $("hint").textContent =
-      err.status === 403 ? `Session “${id}” is new to you: send a message to start it.` : `History: ${err.message}`;
+      err.status === 403 ? `No session “${id}” of yours yet: send a message to start it.` : `History: ${err.message}`;
     return false;
   } finally {
     state.loading = false;
   }
+}
+
+function loadOlder() {
+  if (!$("older").hidden && !state.loading && state.oldest != null) loadPage(state.oldest);
 }
 
 // ---- messages and replies ----
@@ -410,6 +413,7 @@ function endReply(f, note, noTextNotice) {
 
 function updateStop() {
   $("stop").hidden = state.replies.size === 0;
+  $("stop").disabled = [...state.replies.values()].every((r) => r.cancelled);
 }
 
 // ---- composing ----
@@ -432,7 +436,10 @@ function send(event) {
 }
 
 function stop() {
-  for (const recordId of state.replies.keys()) wsSend({ type: "ai_cancel", id: uuid(), record_id: recordId });
+  for (const [recordId, r] of state.replies) {
+    if (!r.cancelled && wsSend({ type: "ai_cancel", id: uuid(), record_id: recordId })) r.cancelled = true;
+  }
+  updateStop();
 }
 
 // ---- start ----
@@ -452,11 +459,8 @@ function boot() {
     }
   });
   $("stop").addEventListener("click", stop);
-  $("older").addEventListener("click", () => state.oldest != null && loadPage(state.oldest));
-  $("messages").addEventListener("scroll", () => {
-    const atTop = $("messages").scrollTop === 0;
-    if (atTop && !$("older").hidden && !state.loading && state.oldest != null) loadPage(state.oldest);
-  });
+  $("older").addEventListener("click", loadOlder);
+  $("messages").addEventListener("scroll", () => $("messages").scrollTop === 0 && loadOlder());
   $("sign-out").addEventListener("click", () => location.reload());
 
   const fragment = new URLSearchParams(location.hash.slice(1));

@@ -1,0 +1,56 @@
+"""Operations: health, readiness, metrics."""
+
+from __future__ import annotations
+
+from tests.conftest import ServerFactory
+from tests.helpers import LiveServer, uid
+
+
+async def test_health_and_ready_need_no_token(server: LiveServer) -> None:
+    health = await server.get("/health", None)
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "version": health.json()["version"], "ai_provider": "echo"}
+    ready = await server.get("/ready", None)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_ready_is_503_when_the_database_is_gone(make_server: ServerFactory) -> None:
+    server = await make_server(database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    r = await server.get("/ready", None)
+    assert r.status_code == 503 and r.json() == {"status": "db_unavailable"}
+
+
+async def test_ready_is_503_while_draining(server: LiveServer) -> None:
+    await server.app.state.services.drain()
+    r = await server.get("/ready", None)
+    assert r.status_code == 503 and r.json() == {"status": "draining"}
+
+
+async def test_dev_token_only_in_dev_mode(make_server: ServerFactory) -> None:
+    dev = await make_server()
+    r = await dev.post("/dev/token", None, {"user_id": "alice"})
+    assert r.status_code == 200 and r.json()["token"]
+    assert (await dev.post("/dev/token", None, {"user_id": "not ok"})).status_code == 422
+    prod = await make_server(dev_mode=False)
+    assert (await prod.post("/dev/token", None, {"user_id": "alice"})).status_code == 404
+
+
+async def test_metrics_count_what_happens(server: LiveServer) -> None:
+    alice = uid()
+    await server.get("/health", None)
+    async with server.ws(alice) as ws:
+        await ws.request({"type": "send_message", "content": "count me"})
+        await ws.recv_type("ai_reply")
+        text = (await server.get("/metrics", None)).text
+    assert "imsvc_open_websockets 1.0" in text
+    assert "imsvc_messages_stored_total 2.0" in text  # the message and the echo reply
+    assert 'imsvc_ai_replies_total{status="1"} 1.0' in text
+    assert "imsvc_ai_first_token_seconds_count 1.0" in text
+    assert "imsvc_http_request_seconds_count" in text
+
+
+async def test_chat_page_is_served(server: LiveServer) -> None:
+    r = await server.get("/", None)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert (await server.get("/static/app.js", None)).status_code == 200
+    assert (await server.post("/nowhere", None, {})).status_code == 404
