@@ -8,12 +8,13 @@ from typing import Any, TypeVar
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imsvc import __version__, store
 from imsvc.auth import bearer, mint_token, verify_token
 from imsvc.errors import InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
+from imsvc.openapi import document as openapi_document
 from imsvc.schemas import (
     AddMemberIn,
     CreateSessionIn,
@@ -191,6 +192,10 @@ async def ready(request: Request) -> Response:
     return render(ReadyOut(status="ready"))
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
 async def metrics(request: Request) -> Response:
     return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -206,6 +211,7 @@ def routes(dev_mode: bool) -> list[Route]:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if dev_mode:
         found.append(Route("/dev/token", dev_token, methods=["POST"]))

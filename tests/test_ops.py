@@ -54,3 +54,35 @@ async def test_chat_page_is_served(server: LiveServer) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert (await server.get("/static/app.js", None)).status_code == 200
     assert (await server.post("/nowhere", None, {})).status_code == 404
+
+
+async def test_openapi_describes_every_route(server: LiveServer) -> None:
+    from starlette.routing import Route
+
+    r = await server.get("/openapi.json", None)
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1")
+    served = {
+        (method.lower(), route.path)
+        for route in server.app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    described = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert served == described
+    schemas = doc["components"]["schemas"]
+
+    def refs(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    found = refs(doc)
+    assert found and all(ref.removeprefix("#/components/schemas/") in schemas for ref in found)
+    send = doc["paths"]["/message/send"]["post"]
+    assert send["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SendMessageIn")
+    assert {"201", "200", "401", "413", "422"} <= set(send["responses"])
