@@ -165,6 +165,9 @@ class ReplySupervisor:
                                 record_id=reply.record_id, session_id=reply.session_id, delta=delta, offset=offset
                             ),
                         )
+                        # Tokens that arrive in one read are parsed without awaiting I/O: let the sockets'
+                        # senders run, so the first goes out now and not after the whole burst.
+                        await asyncio.sleep(0)
             outcome = Outcome(SUCCESS, completion.finish_reason or "stop")
         except asyncio.CancelledError:
             if reply.stop_reason is None:

@@ -54,6 +54,7 @@ class FakeLLM:
         self.reply = REPLY
         self.requests: list[dict[str, Any]] = []
         self.open_streams = 0  # responses still streaming; back to 0 once a client has hung up
+        self.first_token_ns: list[int] = []  # time.monotonic_ns() as each stream's first content chunk goes out
         self.release = asyncio.Event()
         self._mode = "normal"
         self._armed = False  # whether a *_once mode still has its failure to give
@@ -135,6 +136,8 @@ class FakeLLM:
                     await self._pause(delay)
                 if self._closing.is_set():
                     raise StreamCut("fake model server shutting down")
+                if i == 0:
+                    self.first_token_ns.append(time.monotonic_ns())
                 yield chunk.delta({"content": piece})
             if mode != "no_finish":
                 yield chunk.finish("length" if mode == "length" else "stop")
@@ -200,7 +203,9 @@ class _Server(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def start_fake_llm() -> AsyncIterator[FakeLLM]:
     fake = FakeLLM()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets of an explicit TCP protocol, and
+    # without it Nagle's algorithm holds small SSE chunks back for the client's delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
