@@ -25,5 +25,9 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+bench: install
+	$(BIN)/python -m tests.bench.first_delta --runs 5 --replies 40
+	$(BIN)/python -m tests.bench.first_delta --runs 5 --replies 40 --mode normal
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

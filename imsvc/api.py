@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -61,7 +62,7 @@ def validate(model: type[T], data: Any) -> T:
 
 def user_of(request: Request) -> str:
     user_id = verify_token(services(request).settings.secret, bearer(request.headers.get("authorization")))
-    request.state.user_id = user_id
+    structlog.contextvars.bind_contextvars(user_id=user_id)
     return user_id
 
 

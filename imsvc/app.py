@@ -33,7 +33,7 @@ from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplySupervisor
 from imsvc.schemas import error_payload
 from imsvc.services import Services
-from imsvc.settings import Settings, load_settings
+from imsvc.settings import Settings
 
 log = get_logger(__name__)
 
@@ -144,8 +144,3 @@ class GracefulServer(uvicorn.Server):
         if isinstance(svc, Services):
             await svc.drain()
         await super().shutdown(sockets)
-
-
-def create_app_from_env() -> Starlette:
-    """The uvicorn factory: settings from the environment (the CLI has validated them already)."""
-    return create_app(load_settings())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -43,25 +42,12 @@ def serve(args: argparse.Namespace) -> None:
 
     from imsvc.db import migrate
 
-    if args.dev:
-        os.environ["DEV_MODE"] = "true"
-    settings = settings_or_exit()
-    if args.workers > 1 and settings.bus != "postgres":
-        fail(["BUS: --workers above 1 needs BUS=postgres, or sockets on different workers miss each other's messages"])
-    # Workers read their settings from the environment: they must agree on a dev secret.
-    os.environ["JWT_SECRET"] = settings.secret
+    settings = settings_or_exit(**({"dev_mode": True} if args.dev else {}))
+    if args.workers > 1:
+        # Sockets on different workers would miss each other's messages without a shared bus.
+        fail(["BUS: --workers above 1 needs BUS=postgres, which this version does not have"])
     if settings.migrate_on_start:
         migrate(settings.database_url)
-    if args.workers > 1:
-        uvicorn.run(
-            "imsvc.app:create_app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            **uvicorn_options(),
-        )
-        return
     from imsvc.app import GracefulServer, create_app
 
     app = create_app(settings)

@@ -22,15 +22,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
+def ensure_sqlite_directory(url: str) -> None:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    # hide_parameters: errors name the statement, never the message content bound to it.
+    if make_url(url).get_backend_name() == "sqlite":
+        ensure_sqlite_directory(url)
+        engine = create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True)
 
 
 class Database:
@@ -86,7 +91,7 @@ def migrate(url: str, revision: str = "head") -> None:
     """`alembic upgrade` (blocking: runs its own event loop, so call it outside one or in a thread)."""
     from alembic import command
 
-    create_engine(url)  # makes the SQLite directory
+    ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -112,8 +112,11 @@ class ReplySupervisor:
     async def refuse(self, message: Message, record_id: str) -> None:
         code = "interrupted" if self._closing else "busy"
         reply = Reply(record_id, message.session_id, message)
-        detail = "too many replies waiting" if code == "busy" else "the server is shutting down"
-        await self._conclude(reply, Outcome(FAILED, "error", code, detail), None, None, Completion())
+        if code == "busy":
+            outcome = Outcome(FAILED, "error", "busy", "too many replies waiting")
+        else:
+            outcome = Outcome(FAILED, "interrupted", "interrupted", "the server is shutting down")
+        await self._conclude(reply, outcome, None, None, Completion())
 
     async def _work(self, session_id: str) -> None:
         """One session's replies, one after the other."""

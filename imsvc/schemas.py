@@ -208,7 +208,8 @@ class PingFrame(ClientFrame):
     type: Literal["ping"]
 
 
-InboundFrame = Annotated[SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame, Field(discriminator="type")]
+Inbound = SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame
+InboundFrame = Annotated[Inbound, Field(discriminator="type")]
 INBOUND_TYPES = frozenset({"send_message", "ai_cancel", "sync", "ping"})
 
 

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         # Ollama and self-hosted endpoints (AI_BASE_URL) take no key; the hosted providers do.
         if self.ai_provider in ("openai", "deepseek", "anthropic") and not self.ai_api_key and not self.ai_base_url:
             raise ValueError(f"AI_API_KEY: required for AI_PROVIDER={self.ai_provider}")
+        if self.bus == "postgres":
+            raise ValueError(
+                "BUS: postgres (LISTEN/NOTIFY between processes) is not available in this version; use memory"
+            )
         if self.jwt_secret is None:
             if not self.dev_mode:
                 raise ValueError("JWT_SECRET: required unless DEV_MODE=true (or --dev)")

@@ -63,48 +63,35 @@ async def _insert_ignoring_conflict(
     return bool(getattr(result, "rowcount", 0))
 
 
+async def _new_session(s: AsyncSession, session_id: str, owner: str, title: str | None, ai_enabled: bool) -> bool:
+    """Insert a session with its owner as member; False (and nothing inserted) when the id is taken."""
+    now = utcnow()
+    values = {"created_by": owner, "title": title, "ai_enabled": ai_enabled, "last_seq": 0}
+    if not await _insert_ignoring_conflict(
+        s, ChatSession, session_id=session_id, created_at=now, updated_at=now, **values
+    ):
+        return False
+    s.add(SessionMember(session_id=session_id, user_id=owner, role="owner", joined_at=now))
+    await s.flush()
+    return True
+
+
 async def join_or_create(s: AsyncSession, session_id: str, user_id: str) -> None:
     """A sender's right to write: a member may; an unknown session is created with the sender as owner."""
     if await member_role(s, session_id, user_id) is not None:
         return
-    now = utcnow()
-    created = await _insert_ignoring_conflict(
-        s,
-        ChatSession,
-        session_id=session_id,
-        created_by=user_id,
-        ai_enabled=True,
-        last_seq=0,
-        created_at=now,
-        updated_at=now,
-    )
-    if created:
-        await _insert_ignoring_conflict(
-            s, SessionMember, session_id=session_id, user_id=user_id, role="owner", joined_at=now
-        )
-        return
-    await require_member(s, session_id, user_id)  # a concurrent first message may have made us the owner
+    if not await _new_session(s, session_id, user_id, None, ai_enabled=True):
+        await require_member(s, session_id, user_id)  # a concurrent first message may have made us the owner
 
 
 async def create_session(
     s: AsyncSession, creator: str, session_id: str | None, title: str | None, members: list[str], ai_enabled: bool
 ) -> ChatSession:
     session_id = session_id or new_id("s")[:48]
-    now = utcnow()
-    created = await _insert_ignoring_conflict(
-        s,
-        ChatSession,
-        session_id=session_id,
-        title=title,
-        created_by=creator,
-        ai_enabled=ai_enabled,
-        last_seq=0,
-        created_at=now,
-        updated_at=now,
-    )
+    created = await _new_session(s, session_id, creator, title, ai_enabled)
     if not created:
         raise Conflict(f"session {session_id} already exists")
-    s.add(SessionMember(session_id=session_id, user_id=creator, role="owner", joined_at=now))
+    now = utcnow()
     for user_id in dict.fromkeys(members):
         if user_id != creator:
             s.add(SessionMember(session_id=session_id, user_id=user_id, role="member", joined_at=now))

@@ -21,6 +21,7 @@ from imsvc.schemas import (
     AiCancelFrame,
     ErrorFrame,
     FrameId,
+    Inbound,
     InboundFrame,
     MessageOut,
     PingFrame,
@@ -39,7 +40,7 @@ CLOSE_WRONG_USER = 4403
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 
-inbound: TypeAdapter[SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame] = TypeAdapter(InboundFrame)
+inbound: TypeAdapter[Inbound] = TypeAdapter(InboundFrame)
 
 
 def frame_ref(data: Any) -> FrameId | None:
@@ -47,7 +48,7 @@ def frame_ref(data: Any) -> FrameId | None:
     return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
 
 
-def parse(text: str) -> SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame:
+def parse(text: str) -> Inbound:
     try:
         data = json.loads(text)
     except ValueError:
@@ -119,16 +120,16 @@ async def handle(svc: Services, conn: Connection, text: str) -> None:
         conn.send(ErrorFrame(code="internal", message="internal error", ref=ref))
 
 
-async def dispatch(
-    svc: Services, conn: Connection, frame: SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame
-) -> None:
+async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
     match frame:
         case PingFrame():
             conn.send(PongFrame(ref=frame.id))
         case SendMessageFrame():
             session_id = frame.session_id or conn.user_id
+            structlog.contextvars.bind_contextvars(session_id=session_id)
             await svc.chat.send(conn.user_id, session_id, frame.content, frame.client_msg_id, origin=conn, ref=frame.id)
         case SyncFrame():
+            structlog.contextvars.bind_contextvars(session_id=frame.session_id)
             rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
             messages = [MessageOut.model_validate(m, from_attributes=True) for m in rows]
             conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more))

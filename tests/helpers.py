@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -175,3 +178,61 @@ async def start_server(database_url: str, **overrides: Any) -> AsyncIterator[Liv
         httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT) as http,
     ):
         yield LiveServer(f"http://{address}", f"ws://{address}", settings, app, http, server)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    ws_url: str
+    proc: asyncio.subprocess.Process
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerProcess]:
+    """`imsvc serve` as its own process (as a service manager runs it), healthy when yielded, stopped after."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": SECRET,
+        "MIGRATE_ON_START": "false",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "imsvc",
+        "serve",
+        "--port",
+        str(port),
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    server = ServerProcess(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", proc)
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+            while True:
+                assert proc.returncode is None, "the server exited"
+                try:
+                    if (await client.get(f"{server.url}/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)  # polling the port until it listens
+        yield server
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -37,6 +37,7 @@ def imsvc(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]
         ({"DEV_MODE": "true", "AI_BASE_URL": "ftp://x"}, "AI_BASE_URL"),
         ({"DEV_MODE": "true", "AI_MAX_CONCURRENCY": "lots"}, "AI_MAX_CONCURRENCY"),
         ({"DEV_MODE": "true", "BUS": "kafka"}, "BUS"),
+        ({"DEV_MODE": "true", "BUS": "postgres"}, "BUS"),
         ({"DEV_MODE": "maybe"}, "DEV_MODE"),
     ],
 )

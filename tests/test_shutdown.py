@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from typing import Any
 
 import httpx
@@ -16,16 +13,9 @@ from imsvc.db import Database
 from tests import fakellm
 from tests.conftest import ServerFactory
 from tests.fakellm import FakeLLM
-from tests.helpers import SECRET, WsClient, auth, token, uid
+from tests.helpers import WsClient, auth, serve_process, token, uid
 
 fake_llm = fakellm.fake_llm
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def read_record(database_url: str, record_id: str) -> Any:
@@ -37,58 +27,22 @@ async def read_record(database_url: str, record_id: str) -> Any:
         await db.dispose()
 
 
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(20):
-        while True:
-            assert proc.returncode is None, "the server exited"
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)  # polling the port until it listens
-
-
 async def test_sigterm_during_a_reply_stores_the_partial_and_closes_1012(database_url: str, fake_llm: FakeLLM) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     fake_llm.mode = "long"
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "JWT_SECRET": SECRET,
-        "AI_PROVIDER": "openai",
-        "AI_API_KEY": "k",
-        "AI_BASE_URL": fake_llm.url,
-        "SHUTDOWN_GRACE_S": "0.3",
-        "MIGRATE_ON_START": "false",
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imsvc",
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        await wait_healthy(url, proc)
-        alice = uid()
-        async with httpx.AsyncClient(base_url=url) as client:
-            room = uid("s")
+    ai = {"AI_PROVIDER": "openai", "AI_API_KEY": "k", "AI_BASE_URL": fake_llm.url, "SHUTDOWN_GRACE_S": "0.3"}
+    async with serve_process(database_url, **ai) as server:
+        alice, room = uid(), uid("s")
+        async with httpx.AsyncClient(base_url=server.url) as client:
             r = await client.post("/sessions", json={"session_id": room}, headers=auth(alice))
             assert r.status_code == 201
-        async with connect(f"ws://127.0.0.1:{port}/ws?token={token(alice)}") as conn:
+        async with connect(f"{server.ws_url}/ws?token={token(alice)}") as conn:
             ws = WsClient(conn)
             sent = await ws.request({"type": "send_message", "session_id": room, "content": "talk"})
             first = await ws.recv_type("ai_reply_delta")
-            proc.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGTERM)
             text = first["delta"]
             frames: list[dict[str, Any]] = []
             try:
@@ -104,11 +58,7 @@ async def test_sigterm_during_a_reply_stores_the_partial_and_closes_1012(databas
         assert final["type"] == "ai_reply_error" and final["error"]["code"] == "interrupted"
         assert final["message"]["msg_content"] == text and text != fake_llm.text()
         # uvicorn re-raises the signal once shut down, as a service manager expects
-        assert await asyncio.wait_for(proc.wait(), 20) in (0, -signal.SIGTERM)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await asyncio.wait_for(server.proc.wait(), 20) in (0, -signal.SIGTERM)
     assert final["user_message_id"] == sent["message_id"]
     rec = await read_record(database_url, final["record_id"])
     assert (rec.status, rec.finish_reason, rec.response_content) == (2, "interrupted", text)

@@ -14,10 +14,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import sys
 import tempfile
 import time
 
@@ -25,64 +22,24 @@ import httpx
 from websockets.asyncio.client import connect
 
 from tests.fakellm import start_fake_llm
-from tests.helpers import SECRET, auth, token
+from tests.helpers import auth, serve_process, token
 
 USER = "bench_user"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_healthy(url: str) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(30):
-        while True:
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
 
 
 async def one_run(database_url: str, replies: int, mode: str) -> tuple[list[float], list[float]]:
     """(first-delta latencies, ack latencies) in milliseconds."""
     async with start_fake_llm() as fake:
         fake.mode = mode
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "JWT_SECRET": SECRET,
-            "AI_PROVIDER": "openai",
-            "AI_API_KEY": "k",
-            "AI_BASE_URL": fake.url,
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_MESSAGES": "0",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "imsvc",
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await wait_healthy(url)
+        ai = {"AI_PROVIDER": "openai", "AI_API_KEY": "k", "AI_BASE_URL": fake.url, "RATE_LIMIT_MESSAGES": "0"}
+        async with serve_process(database_url, **ai) as server:
             room = f"bench{time.monotonic_ns()}"
-            async with httpx.AsyncClient(base_url=url) as client:
+            async with httpx.AsyncClient(base_url=server.url) as client:
                 r = await client.post("/sessions", json={"session_id": room}, headers=auth(USER))
                 r.raise_for_status()
             first_delta: list[float] = []
             acks: list[float] = []
-            async with connect(f"ws://127.0.0.1:{port}/ws?token={token(USER)}") as ws:
+            async with connect(f"{server.ws_url}/ws?token={token(USER)}") as ws:
                 for i in range(replies):
                     sent_at = time.monotonic_ns()
                     await ws.send(json.dumps({"type": "send_message", "session_id": room, "content": f"q{i}"}))
@@ -99,9 +56,6 @@ async def one_run(database_url: str, replies: int, mode: str) -> tuple[list[floa
                     assert delta_at is not None and len(fake.first_token_ns) == i + 1
                     first_delta.append((delta_at - fake.first_token_ns[i]) / 1e6)
             return first_delta, acks
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await proc.wait()
 
 
 def describe(name: str, runs: list[list[float]]) -> None:
