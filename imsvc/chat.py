@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from imsvc import store
 from imsvc.bus import Bus
 from imsvc.db import Database
-from imsvc.errors import NotFound, RateLimited, ValidationFailed
+from imsvc.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from imsvc.hub import Connection, Event
 from imsvc.metrics import Metrics
 from imsvc.models import Message
@@ -135,14 +135,17 @@ class Chat:
                     original = await store.find_by_client_id(s, session_id, user_id, client_msg_id)
                     if original is not None:
                         return original, []
-                await store.join_or_create(s, session_id, user_id)
-                message, ai_enabled = await store.append_message(s, session_id, user_id, content, client_msg_id)
-                record_id = None
-                if ai_enabled and self.replies is not None:
-                    record = await store.create_record(s, session_id, message.message_id, self.replies.model_name)
-                    record_id = record.record_id
-                recipients = await store.member_ids(s, session_id)
-                return store.Sent(message, duplicate=False, ai_record_id=record_id), recipients
+                appended = await store.append_message(s, session_id, user_id, content, client_msg_id)
+                if appended is None:  # the first message creates the session, its sender the owner
+                    await store.create_owned(s, session_id, user_id)
+                    appended = await store.append_message(s, session_id, user_id, content, client_msg_id)
+                    assert appended is not None
+                if user_id not in appended.members:
+                    raise Forbidden("not a member of this session")  # rolls the seq back
+                message, record_id = appended.message, None
+                if appended.ai_enabled and self.replies is not None:
+                    record_id = await store.create_record(s, session_id, message.message_id, self.replies.model_name)
+                return store.Sent(message, duplicate=False, ai_record_id=record_id), list(appended.members)
         except IntegrityError:
             if client_msg_id is None:
                 raise
@@ -176,11 +179,13 @@ class Chat:
             raise RateLimited(wait)
         async with self._session_locks.hold(message.session_id):
             async with self.db.transaction() as s:
-                record = await store.create_record(s, message.session_id, message.message_id, self.replies.model_name)
-            queued = self.replies.enqueue(message, record.record_id)
+                record_id = await store.create_record(
+                    s, message.session_id, message.message_id, self.replies.model_name
+                )
+            queued = self.replies.enqueue(message, record_id)
         if not queued:
-            await self.replies.refuse(message, record.record_id)
-        return record.record_id
+            await self.replies.refuse(message, record_id)
+        return record_id
 
     async def conclude_reply(
         self,
@@ -197,7 +202,9 @@ class Chat:
             async with self.db.transaction() as s:
                 message = None
                 if text:
-                    message, _ = await store.append_message(s, session_id, author, text)
+                    appended = await store.append_message(s, session_id, author, text)
+                    assert appended is not None, "a session with a reply running is never deleted"
+                    message = appended.message
                     self.metrics.messages_stored.inc()
                 await store.update_record(
                     s,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Table, and_, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -76,12 +77,9 @@ async def _new_session(s: AsyncSession, session_id: str, owner: str, title: str 
     return True
 
 
-async def join_or_create(s: AsyncSession, session_id: str, user_id: str) -> None:
-    """A sender's right to write: a member may; an unknown session is created with the sender as owner."""
-    if await member_role(s, session_id, user_id) is not None:
-        return
-    if not await _new_session(s, session_id, user_id, None, ai_enabled=True):
-        await require_member(s, session_id, user_id)  # a concurrent first message may have made us the owner
+async def create_owned(s: AsyncSession, session_id: str, owner: str) -> None:
+    """The session a first message creates; a concurrent first message may have created it already."""
+    await _new_session(s, session_id, owner, None, ai_enabled=True)
 
 
 async def create_session(
@@ -157,24 +155,36 @@ async def find_by_client_id(s: AsyncSession, session_id: str, user_id: str, clie
     return Sent(original, duplicate=True, ai_record_id=record_id)
 
 
+@dataclass(frozen=True)
+class Appended:
+    message: Message
+    ai_enabled: bool
+    members: dict[str, str]  # user id → role, read under the session row's lock
+
+
 async def append_message(
     s: AsyncSession, session_id: str, author: str, content: str, client_msg_id: str | None = None
-) -> tuple[Message, bool]:
-    """Store a message with the session's next seq, in the caller's transaction; also the session's ai_enabled.
+) -> Appended | None:
+    """Store a message with the session's next seq, in the caller's transaction; None if there is no such session.
 
     The UPDATE … RETURNING takes the session row's lock, so concurrent senders to one session get
     consecutive seqs; a rolled-back insert rolls the counter back with it, so there are no gaps.
+    Three statements in all (Core, not the ORM's unit of work): this is the hot path of every message.
     """
     now = utcnow()
+    sessions, messages, members = (cast(Table, m.__table__) for m in (ChatSession, Message, SessionMember))
     row = (
         await s.execute(
-            update(ChatSession)
-            .where(ChatSession.session_id == session_id)
-            .values(last_seq=ChatSession.last_seq + 1, updated_at=now)
-            .returning(ChatSession.last_seq, ChatSession.ai_enabled)
+            update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(last_seq=sessions.c.last_seq + 1, updated_at=now)
+            .returning(sessions.c.last_seq, sessions.c.ai_enabled)
         )
-    ).one()
+    ).one_or_none()
+    if row is None:
+        return None
     seq, ai_enabled = row
+    roles = await s.execute(select(members.c.user_id, members.c.role).where(members.c.session_id == session_id))
     message = Message(
         message_id=new_id("msg"),
         session_id=session_id,
@@ -186,9 +196,9 @@ async def append_message(
         created_at=now,
         updated_at=now,
     )
-    s.add(message)
-    await s.flush()
-    return message, ai_enabled
+    values = {c.key: getattr(message, c.key) for c in messages.columns if c.key != "id"}
+    message.id = (await s.execute(insert(messages).values(**values).returning(messages.c.id))).scalar_one()
+    return Appended(message, ai_enabled, {user_id: role for user_id, role in roles})
 
 
 async def get_message(s: AsyncSession, message_id: str) -> Message | None:
@@ -249,21 +259,23 @@ async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limi
 # AI chat records
 
 
-async def create_record(s: AsyncSession, session_id: str, user_message_id: str, model: str) -> AIChatRecord:
-    now = utcnow()
-    record = AIChatRecord(
-        record_id=new_id("record"),
-        session_id=session_id,
-        user_message_id=user_message_id,
-        request_content="",
-        status=0,
-        model=model,
-        created_at=now,
-        updated_at=now,
+async def create_record(s: AsyncSession, session_id: str, user_message_id: str, model: str) -> str:
+    """A new record at status 0; its id."""
+    now, record_id = utcnow(), new_id("record")
+    records = cast(Table, AIChatRecord.__table__)
+    await s.execute(
+        insert(records).values(
+            record_id=record_id,
+            session_id=session_id,
+            user_message_id=user_message_id,
+            request_content="",
+            status=0,
+            model=model,
+            created_at=now,
+            updated_at=now,
+        )
     )
-    s.add(record)
-    await s.flush()
-    return record
+    return record_id
 
 
 async def get_record(s: AsyncSession, record_id: str) -> AIChatRecord | None:

@@ -70,12 +70,13 @@ async def test_start_up_interrupts_records_a_crash_left(database_url: str, make_
     try:
         async with db.transaction() as s:
             room, alice = uid("s"), uid()
-            await store.join_or_create(s, room, alice)
-            message, _ = await store.append_message(s, room, alice, "before the crash")
-            orphan = await store.create_record(s, room, message.message_id, "m")
+            await store.create_owned(s, room, alice)
+            appended = await store.append_message(s, room, alice, "before the crash")
+            assert appended is not None
+            orphan = await store.create_record(s, room, appended.message.message_id, "m")
     finally:
         await db.dispose()
     server = await make_server()
-    r = await server.get(f"/ai/records/{orphan.record_id}", alice)
+    r = await server.get(f"/ai/records/{orphan}", alice)
     body = r.json()
     assert (body["status"], body["finish_reason"]) == (2, "interrupted")
