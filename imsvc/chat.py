@@ -204,8 +204,9 @@ class Chat:
                 if text:
                     appended = await store.append_message(s, session_id, author, text)
                     assert appended is not None, "a session with a reply running is never deleted"
-                    message = appended.message
-                    self.metrics.messages_stored.inc()
+                    message, recipients = appended.message, list(appended.members)
+                else:
+                    recipients = await store.member_ids(s, session_id)
                 await store.update_record(
                     s,
                     record_id,
@@ -213,7 +214,8 @@ class Chat:
                     ai_message_id=message.message_id if message else None,
                     **record,
                 )
-                recipients = await store.member_ids(s, session_id)
+            if message is not None:
+                self.metrics.messages_stored.inc()
             final = frame(message_out(message) if message else None)
             await self.bus.publish(Event(tuple(recipients), text=final.wire()))
         return final

@@ -48,11 +48,21 @@ def frame_ref(data: Any) -> FrameId | None:
     return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
 
 
-def parse(text: str) -> Inbound:
+def too_big(raw: str | bytes) -> bool:
+    if isinstance(raw, bytes):
+        return len(raw) > MAX_FRAME
+    # A text of at most MAX_FRAME / 4 code points cannot pass MAX_FRAME bytes: only longer ones are encoded.
+    return len(raw) > MAX_FRAME // 4 and len(raw.encode()) > MAX_FRAME
+
+
+def decode(text: str | bytes) -> Any:
     try:
-        data = json.loads(text)
-    except ValueError:
+        return json.loads(text)
+    except ValueError:  # UnicodeDecodeError included
         raise InvalidJson("frame is not valid JSON") from None
+
+
+def parse(data: Any) -> Inbound:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise BadRequest("a frame is a JSON object with a string `type`")
     if data["type"] not in INBOUND_TYPES:
@@ -97,22 +107,19 @@ async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) ->
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        text = message.get("text")
-        if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
-        if len(text) > MAX_FRAME // 4 and len(text.encode()) > MAX_FRAME:
+        raw: str | bytes = message.get("text") or message.get("bytes") or b""
+        if too_big(raw):
             conn.close(CLOSE_TOO_BIG, "frame over 64 KiB")
             return
-        await handle(svc, conn, text)
+        await handle(svc, conn, raw)
 
 
-async def handle(svc: Services, conn: Connection, text: str) -> None:
+async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
     ref: FrameId | None = None
     try:
-        with contextlib.suppress(ValueError):
-            ref = frame_ref(json.loads(text))
-        frame = parse(text)
-        await dispatch(svc, conn, frame)
+        data = decode(raw)
+        ref = frame_ref(data)
+        await dispatch(svc, conn, parse(data))
     except ImsvcError as exc:
         conn.send(ErrorFrame(code=exc.code, message=exc.message, ref=ref))
     except Exception:

@@ -184,3 +184,12 @@ async def test_sync_pages_at_200(server: LiveServer) -> None:
         assert len(first["messages"]) == 200 and first["has_more"] is True
         rest = await ws.request({"type": "sync", "session_id": room, "after_seq": 200})
         assert [m["seq"] for m in rest["messages"]] == [201, 202, 203, 204, 205] and rest["has_more"] is False
+
+
+async def test_binary_frames_follow_the_same_rules(server: LiveServer) -> None:
+    async with server.ws(uid()) as ws:
+        await ws.conn.send(b"\xff\xfe not utf-8")
+        error = await ws.recv()
+        assert error["type"] == "error" and error["code"] == "invalid_json"
+        await ws.conn.send(b" " * 65537)
+        assert (await ws.closed())[0] == 1009
