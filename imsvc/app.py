@@ -24,7 +24,7 @@ from imsvc import ai_api, api, ws
 from imsvc.bus import MemoryBus
 from imsvc.chat import Chat
 from imsvc.db import Database
-from imsvc.errors import ImsvcError, RateLimited
+from imsvc.errors import ImsvcError, RateLimited, translate
 from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
@@ -69,7 +69,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("request failed", exc_info=exc)
-    return JSONResponse(error_payload("internal", "internal error"), status_code=500)
+    error = translate(exc)
+    return JSONResponse(error_payload(error.code, error.message), status_code=error.status)
 
 
 class RequestContext:

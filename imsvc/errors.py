@@ -12,7 +12,7 @@ ImsvcError                      status  code
  ├── ValidationFailed            422     validation_error
  ├── RateLimited                 429     rate_limited
  ├── Busy                        503     busy
- ├── NotReady                    503     not_ready
+ ├── NotReady                    503     not_ready      (also: the database cannot be reached)
  ├── Internal                    500     internal
  └── ProviderError               502     provider_error   (the model server failed)
 
@@ -20,6 +20,8 @@ Domain code raises these; `api` renders them as JSON bodies, `ws` as `error` fra
 """
 
 from __future__ import annotations
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 
 class ImsvcError(Exception):
@@ -101,3 +103,12 @@ class Internal(ImsvcError):
 class ProviderError(ImsvcError):
     status = 502
     code = "provider_error"
+
+
+def translate(exc: Exception) -> ImsvcError:
+    """Any exception as the error a client sees: ours as they are, an unreachable database as not_ready."""
+    if isinstance(exc, ImsvcError):
+        return exc
+    if isinstance(exc, OperationalError | InterfaceError | OSError):
+        return NotReady("the database is not available")
+    return Internal("internal error")

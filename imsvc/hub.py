@@ -117,17 +117,15 @@ class Hub:
     def __init__(self, max_connections: int) -> None:
         self._max = max_connections
         self._by_user: dict[str, set[Connection]] = {}
-        self._count = 0
 
     @property
     def count(self) -> int:
-        return self._count
+        return sum(len(conns) for conns in self._by_user.values())
 
     def register(self, conn: Connection) -> bool:
-        if self._count >= self._max:
+        if self.count >= self._max:
             return False
         self._by_user.setdefault(conn.user_id, set()).add(conn)
-        self._count += 1
         return True
 
     def unregister(self, conn: Connection) -> None:
@@ -135,7 +133,6 @@ class Hub:
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
-        self._count -= 1
         if not conns:
             del self._by_user[conn.user_id]
 

@@ -22,7 +22,7 @@ def configure_logging(level: str, fmt: str) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # configure_logging may run again (tests build many apps)
     )
 
 

@@ -13,7 +13,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from imsvc.auth import bearer, verify_token
-from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed
+from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
 from imsvc.hub import Connection
 from imsvc.logs import get_logger
 from imsvc.schemas import (
@@ -122,9 +122,10 @@ async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
         await dispatch(svc, conn, parse(data))
     except ImsvcError as exc:
         conn.send(ErrorFrame(code=exc.code, message=exc.message, ref=ref))
-    except Exception:
+    except Exception as exc:
         log.exception("frame failed")
-        conn.send(ErrorFrame(code="internal", message="internal error", ref=ref))
+        error = translate(exc)
+        conn.send(ErrorFrame(code=error.code, message=error.message, ref=ref))
 
 
 async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from tests.conftest import ServerFactory
 from tests.helpers import LiveServer, uid
 
@@ -18,6 +22,12 @@ async def test_ready_is_503_when_the_database_is_gone(make_server: ServerFactory
     server = await make_server(database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none")
     r = await server.get("/ready", None)
     assert r.status_code == 503 and r.json() == {"status": "db_unavailable"}
+    alice = uid()
+    sent = await server.post("/message/send", alice, {"session_id": "s1", "content": "hello?"})
+    assert sent.status_code == 503 and sent.json()["error"]["code"] == "not_ready"
+    async with server.ws(alice) as ws:
+        answer = await ws.request({"type": "send_message", "content": "hello?"})
+        assert answer["type"] == "error" and answer["code"] == "not_ready"
 
 
 async def test_ready_is_503_while_draining(server: LiveServer) -> None:
@@ -86,3 +96,19 @@ async def test_openapi_describes_every_route(server: LiveServer) -> None:
     send = doc["paths"]["/message/send"]["post"]
     assert send["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SendMessageIn")
     assert {"201", "200", "401", "413", "422"} <= set(send["responses"])
+
+
+async def test_logs_carry_context_but_no_content_or_token(
+    make_server: ServerFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server = await make_server(log_level="INFO")
+    alice = uid()
+    secret_text = "the-launch-code-is-0000"
+    async with server.ws(alice) as ws:
+        await ws.request({"type": "send_message", "content": secret_text})
+        await ws.recv_type("ai_reply")
+    out = capfd.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    ended = [line for line in lines if line.get("event") == "reply ended"]
+    assert ended and ended[0]["user_id"] == alice and ended[0]["session_id"] == alice and ended[0]["record_id"]
+    assert secret_text not in out and "eyJ" not in out and server.settings.secret not in out  # eyJ: any JWT
