@@ -20,6 +20,7 @@ import structlog
 
 from imsvc import store
 from imsvc.chat import Chat
+from imsvc.context import ChatMessages, build_context
 from imsvc.db import Database
 from imsvc.errors import Conflict, NotFound, ProviderError
 from imsvc.llm import ChatModel, Completion
@@ -194,31 +195,17 @@ class ReplySupervisor:
             return Outcome(CANCELLED, "cancelled")
         return Outcome(FAILED, "interrupted", "interrupted", "the server shut down during the reply")
 
-    async def _context(self, reply: Reply) -> list[dict[str, str]]:
-        """System prompt, then the history up to the triggering message within the limits (SPEC §6.2, §9)."""
+    async def _context(self, reply: Reply) -> ChatMessages:
+        """The model's messages for this reply, also stored as the record's request_content."""
         settings = self._settings
         message = reply.user_message
         async with self._db.reader() as s:
             history = await store.context_messages(s, reply.session_id, message.seq, settings.ai_context_messages)
             members = await store.member_ids(s, reply.session_id)
         reply.recipients = tuple(members)
-        humans = {m for m in members if m != settings.ai_bot_user_id}
-        prefixed = len(humans) > 1
-        turns: list[dict[str, str]] = []
-        for item in history:
-            if item.from_user_id == settings.ai_bot_user_id:
-                turns.append({"role": "assistant", "content": item.msg_content})
-            else:
-                content = f"{item.from_user_id}: {item.msg_content}" if prefixed else item.msg_content
-                turns.append({"role": "user", "content": content})
-        budget = settings.ai_context_chars
-        kept: list[dict[str, str]] = []
-        for index, turn in enumerate(reversed(turns)):
-            budget -= len(turn["content"])
-            if index > 0 and budget < 0:
-                break
-            kept.append(turn)
-        messages = [{"role": "system", "content": settings.ai_system_prompt}, *reversed(kept)]
+        messages = build_context(
+            history, members, settings.ai_bot_user_id, settings.ai_system_prompt, settings.ai_context_chars
+        )
         request = {
             "model": self._model.model,
             "messages": messages,
