@@ -61,7 +61,8 @@ def validate(model: type[T], data: Any) -> T:
 
 
 def user_of(request: Request) -> str:
-    user_id = verify_token(services(request).settings.secret, bearer(request.headers.get("authorization")))
+    settings = services(request).settings
+    user_id = verify_token(settings.secret, bearer(request.headers.get("authorization")), settings.ai_bot_user_id)
     structlog.contextvars.bind_contextvars(user_id=user_id)
     return user_id
 
@@ -175,6 +176,8 @@ async def add_member(request: Request) -> Response:
 
 async def dev_token(request: Request) -> Response:
     body = await read_json(request, DevTokenIn)
+    if body.user_id == services(request).settings.ai_bot_user_id:
+        raise ValidationFailed("the assistant's user id cannot sign in")
     return render(TokenOut(token=mint_token(services(request).settings.secret, body.user_id)))
 
 

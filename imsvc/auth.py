@@ -25,8 +25,11 @@ def mint_token(secret: str, user_id: str, ttl_s: int = DEFAULT_TTL_S) -> str:
         return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl_s}, secret, algorithm="HS256")
 
 
-def verify_token(secret: str, token: str | None) -> str:
-    """The token's user id; Unauthorized if it is missing, badly signed, expired or names no valid user."""
+def verify_token(secret: str, token: str | None, bot_user_id: str) -> str:
+    """The token's user id; Unauthorized if it is missing, badly signed, expired or names no valid user.
+
+    Nobody signs in as the assistant: its messages are the model's side of every conversation.
+    """
     if not token:
         raise Unauthorized("missing access token")
     try:
@@ -40,6 +43,8 @@ def verify_token(secret: str, token: str | None) -> str:
     sub = claims["sub"]
     if not isinstance(sub, str) or not USER_ID.match(sub):
         raise Unauthorized("token subject is not a valid user id")
+    if sub == bot_user_id:
+        raise Unauthorized("the assistant's user id cannot sign in")
     return sub
 
 

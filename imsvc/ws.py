@@ -79,7 +79,7 @@ async def endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
     try:
-        user_id = verify_token(svc.settings.secret, token)
+        user_id = verify_token(svc.settings.secret, token, svc.settings.ai_bot_user_id)
     except Unauthorized as exc:
         await websocket.close(CLOSE_UNAUTHORIZED, exc.message)
         return

@@ -180,7 +180,7 @@ async def test_tokens_are_required_and_checked(server: LiveServer) -> None:
 async def test_invalid_subject_is_401(server: LiveServer) -> None:
     import jwt
 
-    for sub in ["has space", "x" * 49, ""]:
+    for sub in ["has space", "x" * 49, "", "ai_bot"]:
         bad = jwt.encode({"sub": sub}, server.settings.secret, algorithm="HS256")
         r = await server.http.get("/sessions", headers={"Authorization": f"Bearer {bad}"})
         assert r.status_code == 401, sub

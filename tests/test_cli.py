@@ -87,7 +87,7 @@ def test_dotenv_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_token_command_mints_a_verifiable_token(tmp_path: Path) -> None:
     result = imsvc("token", "alice", "--ttl", "60", cwd=tmp_path, JWT_SECRET="s3cret")
     assert result.returncode == 0, result.stderr
-    assert verify_token("s3cret", result.stdout.strip()) == "alice"
+    assert verify_token("s3cret", result.stdout.strip(), "ai_bot") == "alice"
 
 
 def test_token_command_refuses_without_secret_or_with_bad_user(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ async def test_dev_token_only_in_dev_mode(make_server: ServerFactory) -> None:
     r = await dev.post("/dev/token", None, {"user_id": "alice"})
     assert r.status_code == 200 and r.json()["token"]
     assert (await dev.post("/dev/token", None, {"user_id": "not ok"})).status_code == 422
+    assert (await dev.post("/dev/token", None, {"user_id": "ai_bot"})).status_code == 422
     prod = await make_server(dev_mode=False)
     assert (await prod.post("/dev/token", None, {"user_id": "alice"})).status_code == 404
 

@@ -23,6 +23,7 @@ async def test_missing_or_bad_token_closes_4401(server: LiveServer) -> None:
     assert (await close_of(server, "/ws?token=garbage"))[0] == 4401
     expired = token("alice", ttl=-5)
     assert (await close_of(server, f"/ws?token={expired}"))[0] == 4401
+    assert (await close_of(server, f"/ws?token={token('ai_bot')}"))[0] == 4401  # nobody signs in as the bot
 
 
 async def test_token_in_header(server: LiveServer) -> None:
