@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket
 
 from imsvc.auth import bearer, verify_token
 from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
-from imsvc.hub import Connection
+from imsvc.hub import CLOSE_SHUTDOWN, Connection
 from imsvc.logs import get_logger
 from imsvc.schemas import (
     INBOUND_TYPES,
@@ -88,7 +88,10 @@ async def endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_WRONG_USER, "path user is not the token's user")
         return
     conn = Connection(websocket, user_id, svc.settings.ws_send_queue)
-    if svc.draining or not svc.hub.register(conn):
+    if svc.draining:
+        await websocket.close(CLOSE_SHUTDOWN, "server shutting down")
+        return
+    if not svc.hub.register(conn):
         await websocket.close(CLOSE_TRY_AGAIN, "too many connections")
         return
     structlog.contextvars.bind_contextvars(user_id=user_id)

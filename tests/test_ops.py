@@ -31,9 +31,14 @@ async def test_ready_is_503_when_the_database_is_gone(make_server: ServerFactory
 
 
 async def test_ready_is_503_while_draining(server: LiveServer) -> None:
-    await server.app.state.services.drain()
+    alice = uid()
+    async with server.ws(alice) as ws:
+        await server.app.state.services.drain()
+        assert (await ws.closed())[0] == 1012
     r = await server.get("/ready", None)
     assert r.status_code == 503 and r.json() == {"status": "draining"}
+    async with server.ws(alice) as late:
+        assert (await late.closed())[0] == 1012
 
 
 async def test_dev_token_only_in_dev_mode(make_server: ServerFactory) -> None:
