@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Connection:
         self._wakeup = asyncio.Event()
         self._close_code: int | None = None
         self._close_reason = ""
+        self._sender: asyncio.Task[None] | None = None
 
     @property
     def closing(self) -> bool:
@@ -60,6 +62,8 @@ class Connection:
             self._items.clear()
             self._waiting_deltas.clear()
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            if self._sender is not None:
+                self._sender.cancel()  # it may be stuck writing to a peer that stopped reading
             return
         self._items.append(frame if isinstance(frame, str) else frame.wire())
         self._counted += 1
@@ -86,10 +90,23 @@ class Connection:
             self._wakeup.set()
 
     async def run_sender(self) -> None:
+        self._sender = asyncio.current_task()
         try:
             await self._drain()
+        except asyncio.CancelledError:
+            if self._close_code != CLOSE_SLOW_CONSUMER:
+                raise
+            # Cancelled by send() on overflow: the frame being written is abandoned, the close goes out now.
+            self._sender.uncancel()  # type: ignore[union-attr]
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self._close_socket()
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._close_code = self._close_code or 1006  # the peer is gone: nothing more to send
+
+    async def _close_socket(self) -> None:
+        if self._websocket.application_state == WebSocketState.CONNECTED:
+            assert self._close_code is not None
+            await self._websocket.close(self._close_code, self._close_reason)
 
     async def _drain(self) -> None:
         while True:
@@ -106,8 +123,7 @@ class Connection:
                     text = item
                 await self._websocket.send_text(text)
             if self._close_code is not None:
-                if self._websocket.application_state == WebSocketState.CONNECTED:
-                    await self._websocket.close(self._close_code, self._close_reason)
+                await self._close_socket()
                 return
 
 
@@ -121,6 +137,9 @@ class Hub:
     @property
     def count(self) -> int:
         return sum(len(conns) for conns in self._by_user.values())
+
+    def connections(self, user_id: str) -> frozenset[Connection]:
+        return frozenset(self._by_user.get(user_id, ()))
 
     def register(self, conn: Connection) -> bool:
         if self.count >= self._max:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from contextlib import AsyncExitStack
 
-from tests.helpers import LiveServer, WsClient, uid
+from websockets.asyncio.client import connect
+
+from tests.conftest import ServerFactory
+from tests.helpers import LiveServer, WsClient, token, uid
 
 
 async def test_every_socket_gets_every_message_once_in_order(server: LiveServer) -> None:
@@ -83,3 +87,31 @@ async def test_non_members_receive_nothing(server: LiveServer) -> None:
     async with server.ws(mallory) as ws:
         await server.send(alice, room, "secret")
         await ws.nothing_more()
+
+
+async def test_a_slow_socket_is_dropped_without_delaying_the_others(make_server: ServerFactory) -> None:
+    server = await make_server(ws_send_queue=5)
+    alice, bob = uid(), uid()
+    room = await server.room(alice, bob)
+    big = "😀" * 5000  # 20 kB a frame
+    # bob's laptop reads nothing: a small receive buffer, so that the server's writes to it soon block
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    host, port = server.url.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+    async with connect(
+        f"{server.ws_url}/ws?token={token(bob)}", sock=raw, max_queue=1, max_size=None, compression=None
+    ) as conn:
+        slow = WsClient(conn)
+        async with server.ws(bob) as fast:
+            seq = 0
+            while not any(c.closing for c in server.app.state.services.hub.connections(bob)):
+                seq += 1
+                assert seq <= 2000, "the slow socket was never dropped"
+                await server.send(alice, room, big)
+                frame = await fast.recv()  # the other socket keeps up, message after message
+                assert frame["type"] == "new_message" and frame["message"]["seq"] == seq
+            code, reason = await slow.closed()
+            assert code == 1008 and reason == "slow consumer"
+            await fast.nothing_more()
