@@ -25,6 +25,7 @@ from imsvc.schemas import (
     RecordsQuery,
     RegenerateIn,
     ServerFrame,
+    message_out,
 )
 from imsvc.services import Services, services
 
@@ -99,7 +100,7 @@ async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[st
     if record.ai_message_id is not None:
         async with svc.db.reader() as s:
             stored = await store.get_message(s, record.ai_message_id)
-        message = MessageOut.model_validate(stored, from_attributes=True) if stored else None
+        message = message_out(stored) if stored else None
     content = record.response_content or ""
     yield sse("snapshot", {"record_id": record.record_id, "content": content})
     if record.status == FAILED:

@@ -23,7 +23,6 @@ from imsvc.schemas import (
     HealthOut,
     ListQuery,
     MemberOut,
-    MessageOut,
     MessagePage,
     ReadyOut,
     SendMessageIn,
@@ -31,6 +30,7 @@ from imsvc.schemas import (
     SessionList,
     SessionOut,
     TokenOut,
+    message_out,
 )
 from imsvc.services import services
 
@@ -82,10 +82,6 @@ async def read_json(request: Request, model: type[T]) -> T:
     except ValueError:
         raise InvalidJson("body is not valid JSON") from None
     return validate(model, data)
-
-
-def message_out(message: Any) -> MessageOut:
-    return MessageOut.model_validate(message, from_attributes=True)
 
 
 async def send_message(request: Request) -> Response:

@@ -17,7 +17,15 @@ from imsvc.hub import Connection, Event
 from imsvc.metrics import Metrics
 from imsvc.models import Message
 from imsvc.ratelimit import RateLimiter
-from imsvc.schemas import AiReplyDeltaFrame, FrameId, MessageOut, MessageSentFrame, NewMessageFrame, ServerFrame
+from imsvc.schemas import (
+    AiReplyDeltaFrame,
+    FrameId,
+    MessageOut,
+    MessageSentFrame,
+    NewMessageFrame,
+    ServerFrame,
+    message_out,
+)
 
 SYNC_LIMIT = 200
 
@@ -54,10 +62,6 @@ class ReplyStarter(Protocol):
     async def refuse(self, message: Message, record_id: str) -> None:
         """End a reply that could not be queued, as `busy`."""
         ...
-
-
-def message_out(message: Message) -> MessageOut:
-    return MessageOut.model_validate(message, from_attributes=True)
 
 
 class Chat:

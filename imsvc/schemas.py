@@ -97,6 +97,11 @@ class MessageOut(BaseModel):
     created_at: UtcTime
 
 
+def message_out(message: object) -> MessageOut:
+    """The message object of every answer and frame, from a stored message."""
+    return MessageOut.model_validate(message, from_attributes=True)
+
+
 class SentMessageOut(MessageOut):
     ai_record_id: str | None
     duplicate: bool

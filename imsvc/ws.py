@@ -23,12 +23,12 @@ from imsvc.schemas import (
     FrameId,
     Inbound,
     InboundFrame,
-    MessageOut,
     PingFrame,
     PongFrame,
     SendMessageFrame,
     SyncFrame,
     SyncResultFrame,
+    message_out,
 )
 from imsvc.services import Services, services
 
@@ -142,7 +142,7 @@ async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
         case SyncFrame():
             structlog.contextvars.bind_contextvars(session_id=frame.session_id)
             rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
-            messages = [MessageOut.model_validate(m, from_attributes=True) for m in rows]
+            messages = [message_out(m) for m in rows]
             conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more))
             # No await since the query: the snapshots and the deltas after them leave no gap.
             for reply in svc.replies.running(frame.session_id):
