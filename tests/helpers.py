@@ -132,13 +132,16 @@ def free_socket() -> socket.socket:
     return sock
 
 
-async def wait_until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.005)
+class StartedServer(GracefulServer):
+    """The server imsvc runs, telling the test when it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
 
 
 @asynccontextmanager
@@ -146,10 +149,16 @@ async def serve_app(app: Any, **options: Any) -> AsyncIterator[tuple[str, uvicor
     """Serve an ASGI app with a real uvicorn on 127.0.0.1 at a port the OS picks."""
     sock = free_socket()
     config = uvicorn.Config(app, lifespan="on", **{**uvicorn_options(), **options})
-    server = GracefulServer(config)
+    server = StartedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await wait_until_started(server, task)
+        ready = asyncio.create_task(server.ready.wait())
+        await asyncio.wait([ready, task], timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if not server.ready.is_set():
+            ready.cancel()
+            if task.done():
+                task.result()  # raises what stopped the start-up
+            raise RuntimeError("server did not start")
         host, port = sock.getsockname()
         yield f"{host}:{port}", server
     finally:
