@@ -164,8 +164,11 @@ async def add_member(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, AddMemberIn)
     session_id = validate(AddMemberIn, {"user_id": request.path_params["session_id"]}).user_id
-    async with services(request).db.transaction() as s:
+    svc = services(request)
+    async with svc.db.transaction() as s:
         member, created = await store.add_member(s, session_id, user_id, body.user_id)
+    if created:
+        svc.replies.member_added(session_id, member.user_id)
     out = MemberOut(session_id=member.session_id, user_id=member.user_id, role=member.role, joined_at=member.joined_at)
     return render(out, 201 if created else 200)
 

@@ -302,6 +302,12 @@ class ReplySupervisor:
             reply.task.cancel()
         # otherwise it is reading its context: it sees stop_reason next and concludes itself
 
+    def member_added(self, session_id: str, user_id: str) -> None:
+        """A member added while a reply runs receives the rest of it (queued replies read members when they start)."""
+        for reply in self.running(session_id):
+            if user_id not in reply.recipients:
+                reply.recipients = (*reply.recipients, user_id)
+
     def running(self, session_id: str) -> list[Reply]:
         """The replies generating in a session now, for snapshots."""
         return [r for r in self._replies.values() if r.session_id == session_id and r.started]
