@@ -26,17 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest_asyncio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.helpers import serve_app
 
 MODES = ("normal", "slow", "long", "429_once", "500", "500_once", "cut", "hang", "length", "malformed", "no_finish")
 REPLY = "Hello there, this is the fake model speaking."
@@ -184,56 +184,15 @@ def _error(status: int, headers: dict[str, str]) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn that tells when it listens and leaves the process's signal handlers alone."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.ready.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def start_fake_llm() -> AsyncIterator[FakeLLM]:
     fake = FakeLLM()
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets of an explicit TCP protocol, and
-    # without it Nagle's algorithm holds small SSE chunks back for the client's delayed ACK (~40 ms).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    fake.url = f"http://{host}:{port}/v1"
-    config = uvicorn.Config(
-        fake.app,
-        http="h11",
-        lifespan="off",
-        log_config=None,  # leave the test process's logging as it is
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    ready = asyncio.create_task(server.ready.wait())
-    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        ready.cancel()
-        sock.close()
-        await task  # raises what stopped the start-up, if anything did
-        raise RuntimeError("fake model server did not start")
-    try:
-        yield fake
-    finally:
-        fake.close_streams()
-        server.should_exit = True
-        await task
-        sock.close()
+    async with serve_app(fake.app, http="h11", lifespan="off", timeout_graceful_shutdown=1) as (address, _):
+        fake.url = f"http://{address}/v1"
+        try:
+            yield fake
+        finally:
+            fake.close_streams()  # before the server stops, so that no stream holds it up
 
 
 @pytest_asyncio.fixture

@@ -148,7 +148,7 @@ class StartedServer(GracefulServer):
 async def serve_app(app: Any, **options: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     """Serve an ASGI app with a real uvicorn on 127.0.0.1 at a port the OS picks."""
     sock = free_socket()
-    config = uvicorn.Config(app, lifespan="on", **{**uvicorn_options(), **options})
+    config = uvicorn.Config(app, **{"lifespan": "on", **uvicorn_options(), **options})
     server = StartedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
