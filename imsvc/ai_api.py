@@ -13,12 +13,12 @@ from imsvc import store
 from imsvc.api import read_json, render, user_of, validate
 from imsvc.errors import NotFound
 from imsvc.models import AIChatRecord
-from imsvc.replies import FAILED, Reply
+from imsvc.replies.records import stored_final_frame
 from imsvc.schemas import (
     AiReplyDeltaFrame,
     AiReplyErrorFrame,
     AiReplyFrame,
-    ErrorDetail,
+    AiReplySnapshotFrame,
     MessageOut,
     RecordList,
     RecordOut,
@@ -66,7 +66,7 @@ async def cancel(request: Request) -> Response:
 async def regenerate(request: Request) -> Response:
     svc, user_id = services(request), user_of(request)
     body = await read_json(request, RegenerateIn)
-    record_id = await svc.chat.regenerate(user_id, body.message_id, svc.settings.ai_bot_user_id)
+    record_id = await svc.chat.regenerate(user_id, body.message_id)
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 
 
@@ -79,20 +79,14 @@ def final_event(frame: ServerFrame) -> str:
     return sse(kind, frame.model_dump(mode="json", exclude={"type"}))
 
 
-async def live_events(svc: Services, user_id: str, reply: Reply) -> AsyncIterator[str]:
-    async with svc.replies.listen(reply) as frames:
-        if reply.done.is_set():  # it ended before the response began
-            async for event in stored_events(svc, await visible_record(svc, user_id, reply.record_id)):
-                yield event
-            return
-        yield sse("snapshot", {"record_id": reply.record_id, "content": reply.text})
-        while True:
-            frame = await frames.get()
-            if isinstance(frame, AiReplyDeltaFrame):
-                yield sse("delta", {"delta": frame.delta, "offset": frame.offset})
-            elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
-                yield final_event(frame)
-                return
+async def live_events(frames: AsyncIterator[ServerFrame]) -> AsyncIterator[str]:
+    async for frame in frames:
+        if isinstance(frame, AiReplySnapshotFrame):
+            yield sse("snapshot", {"record_id": frame.record_id, "content": frame.content})
+        elif isinstance(frame, AiReplyDeltaFrame):
+            yield sse("delta", {"delta": frame.delta, "offset": frame.offset})
+        elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
+            yield final_event(frame)
 
 
 async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[str]:
@@ -101,38 +95,27 @@ async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[st
         async with svc.db.reader() as s:
             stored = await store.get_message(s, record.ai_message_id)
         message = message_out(stored) if stored else None
-    content = record.response_content or ""
-    yield sse("snapshot", {"record_id": record.record_id, "content": content})
-    if record.status == FAILED:
-        code, _, detail = (record.error_message or "internal: failed").partition(": ")
-        frame: ServerFrame = AiReplyErrorFrame(
-            record_id=record.record_id,
-            session_id=record.session_id,
-            user_message_id=record.user_message_id,
-            error=ErrorDetail(code=code, message=detail or code),
-            message=message,
-        )
-    else:
-        frame = AiReplyFrame(
-            message_id=record.ai_message_id,
-            content=content,
-            user_message_id=record.user_message_id,
-            record_id=record.record_id,
-            session_id=record.session_id,
-            message=message,
-            finish_reason=record.finish_reason or "stop",
-        )
-    yield final_event(frame)
+    yield sse("snapshot", {"record_id": record.record_id, "content": record.response_content or ""})
+    yield final_event(stored_final_frame(record, message))
+
+
+async def events(svc: Services, user_id: str, record_id: str) -> AsyncIterator[str]:
+    """A running reply's events as they happen, or a finished one's as stored."""
+    async with svc.replies.listen(record_id) as frames:
+        if frames is not None:
+            async for event in live_events(frames):
+                yield event
+            return
+    async for event in stored_events(svc, await visible_record(svc, user_id, record_id)):
+        yield event
 
 
 async def stream(request: Request) -> Response:
     svc, user_id = services(request), user_of(request)
     record = await visible_record(svc, user_id, request.path_params["record_id"])
-    reply = svc.replies.get(record.record_id)
-    if reply is None and record.status == 0:  # it ended between the read and now: read it again
-        record = await visible_record(svc, user_id, record.record_id)
-    events = live_events(svc, user_id, reply) if reply is not None else stored_events(svc, record)
-    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        events(svc, user_id, record.record_id), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 def routes() -> list[Route]:

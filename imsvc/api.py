@@ -88,9 +88,7 @@ async def send_message(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, SendMessageIn)
     sent = await services(request).chat.send(user_id, body.session_id, body.content, body.client_msg_id)
-    out = SentMessageOut(
-        **message_out(sent.message).model_dump(), ai_record_id=sent.ai_record_id, duplicate=sent.duplicate
-    )
+    out = SentMessageOut(**sent.message.model_dump(), ai_record_id=sent.record_id, duplicate=sent.duplicate)
     return render(out, 200 if sent.duplicate else 201)
 
 
@@ -148,8 +146,9 @@ def session_out(session: Any, role: str | None, last: Any) -> SessionOut:
 async def create_session(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, CreateSessionIn)
-    async with services(request).db.transaction() as s:
-        session = await store.create_session(s, user_id, body.session_id, body.title, body.members, body.ai_enabled)
+    session = await services(request).chat.create_session(
+        user_id, body.session_id, body.title, body.members, body.ai_enabled
+    )
     return render(session_out(session, "owner", None), 201)
 
 
@@ -164,13 +163,9 @@ async def add_member(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, AddMemberIn)
     session_id = validate(AddMemberIn, {"user_id": request.path_params["session_id"]}).user_id
-    svc = services(request)
-    async with svc.db.transaction() as s:
-        member, created = await store.add_member(s, session_id, user_id, body.user_id)
-    if created:
-        svc.replies.member_added(session_id, member.user_id)
-    out = MemberOut(session_id=member.session_id, user_id=member.user_id, role=member.role, joined_at=member.joined_at)
-    return render(out, 201 if created else 200)
+    added = await services(request).chat.add_member(user_id, session_id, body.user_id)
+    out = MemberOut(session_id=added.session_id, user_id=added.user_id, role=added.role, joined_at=added.joined_at)
+    return render(out, 201 if added.created else 200)
 
 
 async def dev_token(request: Request) -> Response:

@@ -30,8 +30,9 @@ from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
 from imsvc.metrics import Metrics, RequestTimer
 from imsvc.ratelimit import RateLimiter
-from imsvc.replies import ReplySupervisor
+from imsvc.replies import ReplyScheduler
 from imsvc.schemas import error_payload
+from imsvc.sequencer import Sequencer
 from imsvc.services import Services
 from imsvc.settings import Settings
 
@@ -98,11 +99,22 @@ def create_app(settings: Settings) -> Starlette:
         hub = Hub(settings.websocket_max_connections)
         bus = MemoryBus(hub)
         metrics.watch_sockets(lambda: hub.count)
-        chat = Chat(db, bus, RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s), metrics)
-        replies = ReplySupervisor(settings, db, chat, make_model(settings), metrics)
-        chat.replies = replies
+        sequencer = Sequencer(db, bus, metrics)
+        replies = ReplyScheduler(settings, db, bus, sequencer, make_model(settings), metrics)
+        limiter = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
+        chat = Chat(db, bus, sequencer, replies, limiter, settings.ai_bot_user_id)
         await replies.interrupt_orphans()
-        svc = Services(settings=settings, db=db, hub=hub, bus=bus, chat=chat, replies=replies, metrics=metrics)
+        sequencer.start()
+        svc = Services(
+            settings=settings,
+            db=db,
+            hub=hub,
+            bus=bus,
+            chat=chat,
+            replies=replies,
+            sequencer=sequencer,
+            metrics=metrics,
+        )
         app.state.services = svc
         log.info("started", ai_provider=settings.provider, database=db.engine.dialect.name)
         if len(settings.secret.encode()) < 32:

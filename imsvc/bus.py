@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from imsvc.hub import Event, Hub
+from imsvc.events import Event
+from imsvc.hub import Hub
 
 
 class Bus(Protocol):
-    async def publish(self, event: Event) -> None: ...
+    def publish(self, event: Event) -> None:
+        """Deliver `event` to every process's sockets; never blocks, so callers keep their order."""
+        ...
 
 
 class MemoryBus:
@@ -17,5 +20,5 @@ class MemoryBus:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def publish(self, event: Event) -> None:
+    def publish(self, event: Event) -> None:
         self._hub.deliver(event)

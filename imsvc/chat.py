@@ -1,83 +1,39 @@
-"""The data path of a message: store (commit), answer the sender, fan out, start the AI reply."""
+"""User actions, for REST and WebSocket alike: check, count against the rate limit, hand to the sequencer,
+start the replies that a stored message asks for."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Protocol
-
-from sqlalchemy.exc import IntegrityError
 
 from imsvc import store
 from imsvc.bus import Bus
 from imsvc.db import Database
-from imsvc.errors import Forbidden, NotFound, RateLimited, ValidationFailed
-from imsvc.hub import Connection, Event
-from imsvc.metrics import Metrics
-from imsvc.models import Message
+from imsvc.errors import NotFound, RateLimited, ValidationFailed
+from imsvc.events import Event
+from imsvc.hub import Connection
+from imsvc.models import ChatSession, Message, RecordStatus
 from imsvc.ratelimit import RateLimiter
-from imsvc.schemas import (
-    AiReplyDeltaFrame,
-    FrameId,
-    MessageOut,
-    MessageSentFrame,
-    NewMessageFrame,
-    ServerFrame,
-    message_out,
-)
+from imsvc.replies import ReplyScheduler
+from imsvc.schemas import FrameId, message_out, sent_frame
+from imsvc.sequencer import Added, AddMember, Send, Sequencer, Stored
 
 SYNC_LIMIT = 200
 
 
-class KeyedLock:
-    """An asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
-class ReplyStarter(Protocol):
-    @property
-    def model_name(self) -> str: ...
-
-    def enqueue(self, message: Message, record_id: str) -> bool:
-        """Queue a reply whose record (status 0) is committed; False when there is no room (busy)."""
-        ...
-
-    async def refuse(self, message: Message, record_id: str) -> None:
-        """End a reply that could not be queued, as `busy`."""
-        ...
-
-
 class Chat:
-    """Every message goes through here, so that ordering, fan-out and replies hold for REST and WebSocket alike.
-
-    Per session, storing and fanning out happen under one lock: the order in which seqs are
-    committed is the order in which every socket receives the messages.
-    """
-
-    def __init__(self, db: Database, bus: Bus, limiter: RateLimiter, metrics: Metrics) -> None:
-        self.db = db
-        self.metrics = metrics
-        self.bus = bus
-        self.limiter = limiter
-        self.replies: ReplyStarter | None = None
-        self._session_locks = KeyedLock()
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        sequencer: Sequencer,
+        replies: ReplyScheduler,
+        limiter: RateLimiter,
+        bot_user_id: str,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._sequencer = sequencer
+        self._replies = replies
+        self._limiter = limiter
+        self._bot_user_id = bot_user_id
 
     async def send(
         self,
@@ -87,150 +43,80 @@ class Chat:
         client_msg_id: str | None = None,
         origin: Connection | None = None,
         ref: FrameId | None = None,
-    ) -> store.Sent:
-        wait = self.limiter.take(user_id)
+    ) -> Stored:
+        """Store a message; the sending socket (`origin`) is answered `message_sent` in the session's order."""
+        wait = self._limiter.take(user_id)
         if wait is not None:
             original = await self._original(user_id, session_id, client_msg_id)
             if original is None:
                 raise RateLimited(wait)
-        async with self._session_locks.hold(session_id):
+            stored = original
+        else:
+            origin_id = origin.id if origin is not None else None
+            op = Send(session_id, user_id, content, client_msg_id, self._replies.model_name, origin_id, ref)
             try:
-                sent, recipients = await self._store(user_id, session_id, content, client_msg_id)
+                stored = await self._sequencer.send(op)
             except Exception:
-                if wait is None:
-                    self.limiter.give_back(user_id)
+                self._limiter.give_back(user_id)
                 raise
-            if sent.duplicate and wait is None:
-                self.limiter.give_back(user_id)  # idempotent repeats do not count
-            out = message_out(sent.message)
-            if origin is not None:
-                origin.send(
-                    MessageSentFrame(
-                        ref=ref,
-                        message_id=out.message_id,
-                        content=out.msg_content,
-                        message=out,
-                        client_msg_id=out.client_msg_id,
-                        duplicate=sent.duplicate,
-                    )
-                )
-            if sent.duplicate:
-                return sent
-            self.metrics.messages_stored.inc()
-            exclude = origin.id if origin else None
-            await self.bus.publish(Event(tuple(recipients), text=NewMessageFrame(message=out).wire(), exclude=exclude))
-            queued = self._enqueue(sent)
-        if sent.ai_record_id is not None and not queued and self.replies is not None:
-            await self.replies.refuse(sent.message, sent.ai_record_id)
-        return sent
+            if stored.duplicate:
+                self._limiter.give_back(user_id)  # idempotent repeats do not count
+        if not stored.duplicate:
+            if stored.record_id is not None:
+                await self._replies.start(stored.record_id, stored.message)
+            return stored
+        if origin is not None:
+            origin.send(sent_frame(stored.message, ref, duplicate=True))
+        if (
+            stored.record_id is not None
+            and stored.record_status is RecordStatus.PROCESSING
+            and not self._replies.is_running(stored.record_id)
+        ):
+            # Its first attempt stored it but never heard so (a lost commit answer): the reply starts now.
+            await self._replies.start(stored.record_id, stored.message)
+        return stored
 
-    def _enqueue(self, sent: store.Sent) -> bool:
-        """Queue the reply while the session lock is held, so that replies start in seq order."""
-        if self.replies is None or sent.ai_record_id is None:
-            return False
-        return self.replies.enqueue(sent.message, sent.ai_record_id)
-
-    async def _store(
-        self, user_id: str, session_id: str, content: str, client_msg_id: str | None
-    ) -> tuple[store.Sent, list[str]]:
-        try:
-            async with self.db.transaction() as s:
-                if client_msg_id is not None:
-                    original = await store.find_by_client_id(s, session_id, user_id, client_msg_id)
-                    if original is not None:
-                        return original, []
-                appended = await store.append_message(s, session_id, user_id, content, client_msg_id)
-                if appended is None:  # the first message creates the session, its sender the owner
-                    await store.create_owned(s, session_id, user_id)
-                    appended = await store.append_message(s, session_id, user_id, content, client_msg_id)
-                    assert appended is not None
-                if user_id not in appended.members:
-                    raise Forbidden("not a member of this session")  # rolls the seq back
-                message, record_id = appended.message, None
-                if appended.ai_enabled and self.replies is not None:
-                    record_id = await store.create_record(s, session_id, message.message_id, self.replies.model_name)
-                return store.Sent(message, duplicate=False, ai_record_id=record_id), list(appended.members)
-        except IntegrityError:
-            if client_msg_id is None:
-                raise
-        # A concurrent retry of the same client_msg_id committed first: answer with the original.
-        original = await self._original(user_id, session_id, client_msg_id)
-        if original is None:
-            raise RuntimeError("client_msg_id conflict without an original")
-        return original, []
-
-    async def _original(self, user_id: str, session_id: str, client_msg_id: str | None) -> store.Sent | None:
+    async def _original(self, user_id: str, session_id: str, client_msg_id: str | None) -> Stored | None:
         if client_msg_id is None:
             return None
-        async with self.db.reader() as s:
-            return await store.find_by_client_id(s, session_id, user_id, client_msg_id)
+        return await self._sequencer.original(session_id, user_id, client_msg_id)
 
-    async def regenerate(self, user_id: str, message_id: str, bot_user_id: str) -> str:
+    async def create_session(
+        self, creator: str, session_id: str | None, title: str | None, members: list[str], ai_enabled: bool
+    ) -> ChatSession:
+        async with self._db.transaction() as s:
+            session = await store.create_session(s, creator, session_id, title, members, ai_enabled)
+        # Nobody can send to it before this answer: its first event reaches every member it lists.
+        self._bus.publish(Event(session.session_id, joined=tuple(dict.fromkeys([creator, *members]))))
+        return session
+
+    async def add_member(self, actor: str, session_id: str, user_id: str) -> Added:
+        return await self._sequencer.add_member(AddMember(session_id, actor, user_id))
+
+    async def regenerate(self, user_id: str, message_id: str) -> str:
         """A new reply to a user message, its context ending at that message; the record id."""
-        if self.replies is None:
-            raise ValidationFailed("this server has no AI assistant")
-        async with self.db.reader() as s:
+        async with self._db.reader() as s:
             message = await store.get_message(s, message_id)
             if message is None or await store.member_role(s, message.session_id, user_id) is None:
                 raise NotFound("no such message")
             session = await store.get_session(s, message.session_id)
-        if message.from_user_id == bot_user_id:
+        if message.from_user_id == self._bot_user_id:
             raise ValidationFailed("regenerate takes a user message, not an AI reply")
         if session is None or not session.ai_enabled:
             raise ValidationFailed("this session has no AI assistant")
-        wait = self.limiter.take(user_id)
+        wait = self._limiter.take(user_id)
         if wait is not None:
             raise RateLimited(wait)
-        async with self._session_locks.hold(message.session_id):
-            async with self.db.transaction() as s:
-                record_id = await store.create_record(
-                    s, message.session_id, message.message_id, self.replies.model_name
-                )
-            queued = self.replies.enqueue(message, record_id)
-        if not queued:
-            await self.replies.refuse(message, record_id)
+        async with self._db.transaction() as s:
+            record_id = await store.create_record(s, message.session_id, message.message_id, self._replies.model_name)
+        await self._replies.start(record_id, message_out(message))
         return record_id
 
-    async def conclude_reply(
-        self,
-        session_id: str,
-        record_id: str,
-        author: str,
-        text: str,
-        record: dict[str, Any],
-        frame: Callable[[MessageOut | None], ServerFrame],
-    ) -> ServerFrame:
-        """Store a reply's text (when there is any) as the author's message and close its record, in one
-        transaction and in the session's order; then send `frame(message)` to every member."""
-        async with self._session_locks.hold(session_id):
-            async with self.db.transaction() as s:
-                message = None
-                if text:
-                    appended = await store.append_message(s, session_id, author, text)
-                    assert appended is not None, "a session with a reply running is never deleted"
-                    message, recipients = appended.message, list(appended.members)
-                else:
-                    recipients = await store.member_ids(s, session_id)
-                await store.update_record(
-                    s,
-                    record_id,
-                    response_content=text or None,
-                    ai_message_id=message.message_id if message else None,
-                    **record,
-                )
-            if message is not None:
-                self.metrics.messages_stored.inc()
-            final = frame(message_out(message) if message else None)
-            await self.bus.publish(Event(tuple(recipients), text=final.wire()))
-        return final
-
-    async def publish(self, recipients: tuple[str, ...], frame: ServerFrame) -> None:
-        if isinstance(frame, AiReplyDeltaFrame):
-            await self.bus.publish(Event(recipients, delta=frame))
-        else:
-            await self.bus.publish(Event(recipients, text=frame.wire()))
+    async def sessions_of(self, user_id: str) -> list[str]:
+        async with self._db.reader() as s:
+            return await store.session_ids_of(s, user_id)
 
     async def history_after(self, user_id: str, session_id: str, after_seq: int) -> tuple[list[Message], bool]:
-        async with self.db.reader() as s:
+        async with self._db.reader() as s:
             await store.require_member(s, session_id, user_id)
             return await store.after_seq(s, session_id, after_seq, SYNC_LIMIT)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from imsvc.llm import ChatMessages
 from imsvc.models import Message
-
-ChatMessages = list[dict[str, str]]
 
 
 def build_context(

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -60,6 +60,18 @@ class Database:
             return
         async with self._write_lock, self.sessionmaker() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection whose transaction the caller commits (`await c.commit()`); rolled back otherwise.
+
+        For the sequencer's batches: the ORM's unit of work costs more than the rows on that path."""
+        if self._write_lock is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:

@@ -14,7 +14,9 @@ ImsvcError                      status  code
  ├── Busy                        503     busy
  ├── NotReady                    503     not_ready      (also: the database cannot be reached)
  ├── Internal                    500     internal
- └── ProviderError               502     provider_error   (the model server failed)
+ ├── ProviderError               502     provider_error   (a reply's model server failed)
+ ├── ReplyTimeout                504     timeout          (a reply took longer than AI_TIMEOUT_S)
+ └── Interrupted                 503     interrupted      (a reply ended by shutdown or a crash)
 
 Domain code raises these; `api` renders them as JSON bodies, `ws` as `error` frames.
 """
@@ -103,6 +105,16 @@ class Internal(ImsvcError):
 class ProviderError(ImsvcError):
     status = 502
     code = "provider_error"
+
+
+class ReplyTimeout(ImsvcError):
+    status = 504
+    code = "timeout"
+
+
+class Interrupted(ImsvcError):
+    status = 503
+    code = "interrupted"
 
 
 def translate(exc: Exception) -> ImsvcError:

@@ -1,17 +1,23 @@
-"""Who is connected: sockets per user, a bounded send buffer per socket, delivery of events to members."""
+"""Who is connected here: sockets per user, the sessions each connected user is in, delivery of events.
+
+Recipients are looked up when an event is delivered: every socket of every connected member of its
+session at that moment. Membership follows the events themselves (`joined`, `left`), so a member
+added while a reply runs receives the rest of it, and a removed one nothing after their removal.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from imsvc.events import Event
 from imsvc.logs import get_logger
-from imsvc.schemas import AiReplyDeltaFrame, ServerFrame
+from imsvc.outbox import Outbox
+from imsvc.schemas import ServerFrame
 
 log = get_logger(__name__)
 
@@ -19,33 +25,14 @@ CLOSE_SLOW_CONSUMER = 1008
 CLOSE_SHUTDOWN = 1012
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something for every socket of `recipients`, except the socket `exclude` (answered directly)."""
-
-    recipients: tuple[str, ...]
-    text: str | None = None
-    delta: AiReplyDeltaFrame | None = None
-    exclude: str | None = None
-
-
 class Connection:
-    """One socket's outgoing side: a bounded buffer drained by `run_sender`.
-
-    Consecutive waiting deltas of one reply are merged into a single frame instead of taking queue
-    places, so a slow reader of a long reply gets fewer, larger deltas; only other frames can
-    overflow the buffer.
-    """
+    """One socket's outgoing side: an outbox drained by `run_sender`."""
 
     def __init__(self, websocket: WebSocket, user_id: str, limit: int) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
         self._websocket = websocket
-        self._limit = limit
-        self._items: deque[str | AiReplyDeltaFrame] = deque()
-        self._counted = 0
-        self._waiting_deltas: dict[str, AiReplyDeltaFrame] = {}
-        self._wakeup = asyncio.Event()
+        self._outbox = Outbox(limit)
         self._close_code: int | None = None
         self._close_reason = ""
         self._sender: asyncio.Task[None] | None = None
@@ -54,40 +41,23 @@ class Connection:
     def closing(self) -> bool:
         return self._close_code is not None
 
-    def send(self, frame: ServerFrame | str) -> None:
+    def send(self, frame: ServerFrame | str, text: str | None = None) -> None:
+        """Queue a frame (`text`: its JSON, when rendered already) or a pre-rendered frame text."""
         if self.closing:
             return
-        if self._counted >= self._limit:
-            log.warning("slow consumer dropped", user_id=self.user_id, queued=self._counted)
-            self._items.clear()
-            self._waiting_deltas.clear()
+        queued = self._outbox.put(None, frame) if isinstance(frame, str) else self._outbox.put(frame, text)
+        if not queued:
+            log.warning("slow consumer dropped", user_id=self.user_id, queued=self._outbox.counted)
+            self._outbox.clear()
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
             if self._sender is not None:
                 self._sender.cancel()  # it may be stuck writing to a peer that stopped reading
-            return
-        self._items.append(frame if isinstance(frame, str) else frame.wire())
-        self._counted += 1
-        # Later deltas must not merge into one queued before this frame (a snapshot, the final reply).
-        self._waiting_deltas.clear()
-        self._wakeup.set()
-
-    def send_delta(self, frame: AiReplyDeltaFrame) -> None:
-        if self.closing:
-            return
-        waiting = self._waiting_deltas.get(frame.record_id)
-        if waiting is not None and waiting.offset + len(waiting.delta) == frame.offset:
-            waiting.delta += frame.delta
-            return
-        copy = frame.model_copy()
-        self._waiting_deltas[frame.record_id] = copy
-        self._items.append(copy)
-        self._wakeup.set()
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the sender to close the socket once what is buffered is sent (at once for a slow consumer)."""
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-            self._wakeup.set()
+            self._outbox.wake()
 
     async def run_sender(self) -> None:
         self._sender = asyncio.current_task()
@@ -110,60 +80,118 @@ class Connection:
 
     async def _drain(self) -> None:
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._items:
-                item = self._items.popleft()
-                if isinstance(item, AiReplyDeltaFrame):
-                    if self._waiting_deltas.get(item.record_id) is item:
-                        del self._waiting_deltas[item.record_id]
-                    text = item.wire()
-                else:
-                    self._counted -= 1
-                    text = item
-                await self._websocket.send_text(text)
+            await self._outbox.wait()
+            while (item := self._outbox.pop()) is not None:
+                await self._websocket.send_text(item.wire())
             if self._close_code is not None:
                 await self._close_socket()
                 return
 
 
 class Hub:
-    """The process's sockets, by user."""
+    """This process's sockets, by user, and the sessions of every connected user."""
 
     def __init__(self, max_connections: int) -> None:
         self._max = max_connections
+        self._count = 0
         self._by_user: dict[str, set[Connection]] = {}
+        self._by_id: dict[str, Connection] = {}
+        self._sessions_of: dict[str, set[str]] = {}  # connected user → sessions they are in
+        self._members_here: dict[str, set[str]] = {}  # session → its connected members
+        self._loading: dict[str, int] = {}  # user → session lists being read for them
+        self._left_while_loading: dict[str, set[str]] = {}
 
     @property
     def count(self) -> int:
-        return sum(len(conns) for conns in self._by_user.values())
+        return self._count
 
     def connections(self, user_id: str) -> frozenset[Connection]:
         return frozenset(self._by_user.get(user_id, ()))
 
     def register(self, conn: Connection) -> bool:
-        if self.count >= self._max:
+        """Add a socket before its user's sessions are read (`subscribe`): events of sessions it joins
+        meanwhile are not missed. False when the process holds WEBSOCKET_MAX_CONNECTIONS already."""
+        if self._count >= self._max:
             return False
+        self._count += 1
+        self._by_id[conn.id] = conn
         self._by_user.setdefault(conn.user_id, set()).add(conn)
+        self._sessions_of.setdefault(conn.user_id, set())
+        self._loading[conn.user_id] = self._loading.get(conn.user_id, 0) + 1
         return True
+
+    def subscribe(self, conn: Connection, sessions: Iterable[str]) -> None:
+        """The sessions read for a registered socket's user (read after `register`)."""
+        user_id = conn.user_id
+        left = self._left_while_loading.get(user_id, set())
+        if conn in self._by_user.get(user_id, ()):
+            for session_id in sessions:
+                if session_id not in left:
+                    self._join(user_id, session_id)
+        self._done_loading(user_id)
 
     def unregister(self, conn: Connection) -> None:
         conns = self._by_user.get(conn.user_id)
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
+        del self._by_id[conn.id]
+        self._count -= 1
         if not conns:
             del self._by_user[conn.user_id]
+            for session_id in self._sessions_of.pop(conn.user_id, set()):
+                self._drop_member(session_id, conn.user_id)
+
+    def _done_loading(self, user_id: str) -> None:
+        remaining = self._loading.get(user_id, 1) - 1
+        if remaining > 0:
+            self._loading[user_id] = remaining
+            return
+        self._loading.pop(user_id, None)
+        self._left_while_loading.pop(user_id, None)
+
+    def _join(self, user_id: str, session_id: str) -> None:
+        sessions = self._sessions_of.get(user_id)
+        if sessions is None:
+            return  # not connected here
+        sessions.add(session_id)
+        self._members_here.setdefault(session_id, set()).add(user_id)
+
+    def _leave(self, user_id: str, session_id: str) -> None:
+        if user_id in self._loading:
+            self._left_while_loading.setdefault(user_id, set()).add(session_id)
+        sessions = self._sessions_of.get(user_id)
+        if sessions is not None:
+            sessions.discard(session_id)
+        self._drop_member(session_id, user_id)
+
+    def _drop_member(self, session_id: str, user_id: str) -> None:
+        members = self._members_here.get(session_id)
+        if members is not None:
+            members.discard(user_id)
+            if not members:
+                del self._members_here[session_id]
 
     def deliver(self, event: Event) -> None:
-        for user_id in event.recipients:
-            for conn in self._by_user.get(user_id, ()):
-                if conn.id == event.exclude:
-                    continue
-                if event.delta is not None:
-                    conn.send_delta(event.delta)
-                elif event.text is not None:
-                    conn.send(event.text)
+        """The event to every socket of the session's connected members, rendered once."""
+        for user_id in event.joined:
+            self._join(user_id, event.session_id)
+        if event.frame is not None:
+            origin = self._by_id.get(event.origin) if event.origin is not None else None
+            if origin is not None:
+                answer = event.answer()
+                if answer is not None:
+                    origin.send(answer)
+            text: str | None = None
+            for user_id in self._members_here.get(event.session_id, ()):
+                for conn in self._by_user[user_id]:
+                    if conn is origin:
+                        continue
+                    if text is None:
+                        text = event.frame.wire()
+                    conn.send(event.frame, text)
+        for user_id in event.left:
+            self._leave(user_id, event.session_id)
 
     def close_all(self, code: int, reason: str) -> None:
         for conns in self._by_user.values():

@@ -10,16 +10,13 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Any, Protocol, cast
 
 import openai
 from openai.types.chat import ChatCompletionChunk
 
 from imsvc.errors import ProviderError
 from imsvc.settings import Settings
-
-if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionMessageParam
 
 BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -48,12 +45,20 @@ class Completion:
     completion_tokens: int | None = None
 
 
+ChatMessages = list[dict[str, str]]
+Request = dict[str, Any]
+
+
 class ChatModel(Protocol):
     provider: str
     model: str
 
-    def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
-        """Yield non-empty text deltas as they arrive and fill `result` by the end.
+    def request(self, messages: ChatMessages) -> Request:
+        """The Chat Completions request for `messages`, built once: what is sent is what the record stores."""
+        ...
+
+    def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
+        """Send `request`; yield non-empty text deltas as they arrive and fill `result` by the end.
 
         Any failure of the model server raises ProviderError; cancellation passes through untouched.
         Close the generator (`contextlib.aclosing`) when leaving it early: that releases the request.
@@ -79,16 +84,20 @@ class OpenAIModel:
             timeout=openai.Timeout(settings.ai_timeout_s, connect=CONNECT_TIMEOUT_S),
         )
 
-    async def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
+    def request(self, messages: ChatMessages) -> Request:
+        return {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": self._max_tokens,
+            "temperature": self._temperature,
+        }
+
+    async def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
+        create = cast(Any, self._client.chat.completions.create)  # the request's keys are the SDK's parameters
         try:
-            chunks = await self._client.chat.completions.create(
-                model=self.model,
-                messages=cast("list[ChatCompletionMessageParam]", messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                max_tokens=self._max_tokens,
-                temperature=self._temperature,
-            )
+            chunks = await create(**request)
         except openai.OpenAIError as exc:
             raise ProviderError(_describe(exc)) from exc
         async with chunks:
@@ -128,7 +137,11 @@ class EchoModel:
         self.model = "echo"
         self._delay_s = settings.ai_echo_delay_ms / 1000
 
-    async def stream(self, messages: list[dict[str, str]], result: Completion) -> AsyncGenerator[str, None]:
+    def request(self, messages: ChatMessages) -> Request:
+        return {"model": self.model, "messages": messages, "stream": True}
+
+    async def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
+        messages: ChatMessages = request["messages"]
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         pieces = PIECE.findall("Echo: " + last)
         result.prompt_tokens = sum(len(m.get("content", "")) for m in messages) // 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import IntEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -45,6 +46,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class RecordStatus(IntEnum):
+    """`ai_chat_records.status` (SPEC §2)."""
+
+    PROCESSING = 0
+    SUCCESS = 1
+    FAILED = 2
+    CANCELLED = 3
 
 
 def utcnow() -> datetime:

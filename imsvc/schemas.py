@@ -304,5 +304,42 @@ class AiReplyErrorFrame(ServerFrame):
     message: MessageOut | None
 
 
+def sent_frame(message: MessageOut, ref: FrameId | None, duplicate: bool) -> MessageSentFrame:
+    """The answer to the socket that caused a stored row."""
+    return MessageSentFrame(
+        ref=ref,
+        message_id=message.message_id,
+        content=message.msg_content,
+        message=message,
+        client_msg_id=message.client_msg_id,
+        duplicate=duplicate,
+    )
+
+
+def final_reply_frame(
+    record_id: str,
+    session_id: str,
+    user_message_id: str,
+    content: str,
+    message: MessageOut | None,
+    finish_reason: str,
+    error: ErrorDetail | None,
+) -> AiReplyFrame | AiReplyErrorFrame:
+    """How a reply ended, as members see it: `ai_reply`, or `ai_reply_error` when it failed."""
+    if error is None:
+        return AiReplyFrame(
+            message_id=message.message_id if message else None,
+            content=content,
+            user_message_id=user_message_id,
+            record_id=record_id,
+            session_id=session_id,
+            message=message,
+            finish_reason=finish_reason,
+        )
+    return AiReplyErrorFrame(
+        record_id=record_id, session_id=session_id, user_message_id=user_message_id, error=error, message=message
+    )
+
+
 def error_payload(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}

@@ -11,7 +11,8 @@ from imsvc.chat import Chat
 from imsvc.db import Database
 from imsvc.hub import CLOSE_SHUTDOWN, Hub
 from imsvc.metrics import Metrics
-from imsvc.replies import ReplySupervisor
+from imsvc.replies import ReplyScheduler
+from imsvc.sequencer import Sequencer
 from imsvc.settings import Settings
 
 
@@ -22,7 +23,8 @@ class Services:
     hub: Hub
     bus: Bus
     chat: Chat
-    replies: ReplySupervisor
+    replies: ReplyScheduler
+    sequencer: Sequencer
     metrics: Metrics
     draining: bool = field(default=False)
 
@@ -35,6 +37,7 @@ class Services:
             return
         self.draining = True
         await self.replies.shutdown(self.settings.shutdown_grace_s)
+        await self.sequencer.close()
         self.hub.close_all(CLOSE_SHUTDOWN, "server shutting down")
 
 

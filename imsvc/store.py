@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
 
-from sqlalchemy import Table, and_, insert, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imsvc.errors import Conflict, Forbidden
-from imsvc.models import AIChatRecord, ChatSession, Message, SessionMember, utcnow
+from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember, utcnow
 
 
 def new_id(prefix: str) -> str:
     """`prefix_` + UTC time to the microsecond + 64 random bits: sortable and collision-free under load."""
     return f"{prefix}_{datetime.now(UTC):%Y%m%d%H%M%S%f}{secrets.token_hex(8)}"
-
-
-@dataclass(frozen=True)
-class Sent:
-    message: Message
-    duplicate: bool
-    ai_record_id: str | None = None
 
 
 # Sessions and members
@@ -77,11 +68,6 @@ async def _new_session(s: AsyncSession, session_id: str, owner: str, title: str 
     return True
 
 
-async def create_owned(s: AsyncSession, session_id: str, owner: str) -> None:
-    """The session a first message creates; a concurrent first message may have created it already."""
-    await _new_session(s, session_id, owner, None, ai_enabled=True)
-
-
 async def create_session(
     s: AsyncSession, creator: str, session_id: str | None, title: str | None, members: list[str], ai_enabled: bool
 ) -> ChatSession:
@@ -99,21 +85,10 @@ async def create_session(
     return session
 
 
-async def add_member(s: AsyncSession, session_id: str, actor: str, user_id: str) -> tuple[SessionMember, bool]:
-    """(member, created): any member may add; an existing member is returned as it is."""
-    await require_member(s, session_id, actor)
-    existing = await s.get(SessionMember, (session_id, user_id))
-    if existing is not None:
-        return existing, False
-    if not await _insert_ignoring_conflict(
-        s, SessionMember, session_id=session_id, user_id=user_id, role="member", joined_at=utcnow()
-    ):
-        existing = await s.get(SessionMember, (session_id, user_id))
-        assert existing is not None
-        return existing, False
-    member = await s.get(SessionMember, (session_id, user_id))
-    assert member is not None
-    return member, True
+async def session_ids_of(s: AsyncSession, user_id: str) -> list[str]:
+    """Every session the user is a member of (for the hub, when their socket opens)."""
+    result = await s.scalars(select(SessionMember.session_id).where(SessionMember.user_id == user_id))
+    return list(result)
 
 
 async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[tuple[ChatSession, str, Message | None]]:
@@ -136,69 +111,6 @@ async def last_message(s: AsyncSession, session: ChatSession) -> Message | None:
 
 
 # Messages
-
-
-async def find_by_client_id(s: AsyncSession, session_id: str, user_id: str, client_msg_id: str) -> Sent | None:
-    original = await s.scalar(
-        select(Message).where(
-            Message.session_id == session_id, Message.from_user_id == user_id, Message.client_msg_id == client_msg_id
-        )
-    )
-    if original is None:
-        return None
-    record_id = await s.scalar(
-        select(AIChatRecord.record_id)
-        .where(AIChatRecord.user_message_id == original.message_id)
-        .order_by(AIChatRecord.created_at)
-        .limit(1)
-    )
-    return Sent(original, duplicate=True, ai_record_id=record_id)
-
-
-@dataclass(frozen=True)
-class Appended:
-    message: Message
-    ai_enabled: bool
-    members: dict[str, str]  # user id → role, read under the session row's lock
-
-
-async def append_message(
-    s: AsyncSession, session_id: str, author: str, content: str, client_msg_id: str | None = None
-) -> Appended | None:
-    """Store a message with the session's next seq, in the caller's transaction; None if there is no such session.
-
-    The UPDATE … RETURNING takes the session row's lock, so concurrent senders to one session get
-    consecutive seqs; a rolled-back insert rolls the counter back with it, so there are no gaps.
-    Three statements in all (Core, not the ORM's unit of work): this is the hot path of every message.
-    """
-    now = utcnow()
-    sessions, messages, members = (cast(Table, m.__table__) for m in (ChatSession, Message, SessionMember))
-    row = (
-        await s.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(last_seq=sessions.c.last_seq + 1, updated_at=now)
-            .returning(sessions.c.last_seq, sessions.c.ai_enabled)
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    seq, ai_enabled = row
-    roles = await s.execute(select(members.c.user_id, members.c.role).where(members.c.session_id == session_id))
-    message = Message(
-        message_id=new_id("msg"),
-        session_id=session_id,
-        seq=seq,
-        from_user_id=author,
-        msg_type="TEXT",
-        msg_content=content,
-        client_msg_id=client_msg_id,
-        created_at=now,
-        updated_at=now,
-    )
-    values = {c.key: getattr(message, c.key) for c in messages.columns if c.key != "id"}
-    message.id = (await s.execute(insert(messages).values(**values).returning(messages.c.id))).scalar_one()
-    return Appended(message, ai_enabled, {user_id: role for user_id, role in roles})
 
 
 async def get_message(s: AsyncSession, message_id: str) -> Message | None:
@@ -260,32 +172,26 @@ async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limi
 
 
 async def create_record(s: AsyncSession, session_id: str, user_message_id: str, model: str) -> str:
-    """A new record at status 0; its id."""
+    """A new record at status 0 (for a regenerate; a send's record is stored with its message); its id."""
     now, record_id = utcnow(), new_id("record")
-    records = cast(Table, AIChatRecord.__table__)
-    await s.execute(
-        insert(records).values(
+    s.add(
+        AIChatRecord(
             record_id=record_id,
             session_id=session_id,
             user_message_id=user_message_id,
             request_content="",
-            status=0,
+            status=int(RecordStatus.PROCESSING),
             model=model,
             created_at=now,
             updated_at=now,
         )
     )
+    await s.flush()
     return record_id
 
 
 async def get_record(s: AsyncSession, record_id: str) -> AIChatRecord | None:
     return await s.get(AIChatRecord, record_id)
-
-
-async def update_record(s: AsyncSession, record_id: str, **values: object) -> None:
-    await s.execute(
-        update(AIChatRecord).where(AIChatRecord.record_id == record_id).values(updated_at=utcnow(), **values)
-    )
 
 
 async def records_of(s: AsyncSession, session_id: str, limit: int) -> list[AIChatRecord]:

@@ -76,33 +76,66 @@ def parse(data: Any) -> Inbound:
 
 async def endpoint(websocket: WebSocket) -> None:
     svc = services(websocket)
-    await websocket.accept()
     token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
     try:
         user_id = verify_token(svc.settings.secret, token, svc.settings.ai_bot_user_id)
     except Unauthorized as exc:
-        await websocket.close(CLOSE_UNAUTHORIZED, exc.message)
+        await refuse(websocket, CLOSE_UNAUTHORIZED, exc.message)
         return
     path_user = websocket.path_params.get("user_id")
     if path_user is not None and path_user != user_id:
-        await websocket.close(CLOSE_WRONG_USER, "path user is not the token's user")
+        await refuse(websocket, CLOSE_WRONG_USER, "path user is not the token's user")
+        return
+    if svc.draining:
+        await refuse(websocket, CLOSE_SHUTDOWN, "server shutting down")
         return
     conn = Connection(websocket, user_id, svc.settings.ws_send_queue)
-    if svc.draining:
-        await websocket.close(CLOSE_SHUTDOWN, "server shutting down")
-        return
     if not svc.hub.register(conn):
-        await websocket.close(CLOSE_TRY_AGAIN, "too many connections")
+        await refuse(websocket, CLOSE_TRY_AGAIN, "too many connections")
         return
+    # Subscribed before the handshake completes: once the client is connected, it misses nothing.
+    loader = None if await subscribe(svc, conn) else asyncio.create_task(resubscribe(svc, conn))
+    await websocket.accept()
     structlog.contextvars.bind_contextvars(user_id=user_id)
     sender = asyncio.create_task(conn.run_sender())
     try:
         await receive_loop(svc, websocket, conn)
     finally:
         svc.hub.unregister(conn)
+        if loader is not None:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
         conn.close(1000)  # flush what is buffered, then close (a no-op if it is closing already)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sender, timeout=1)  # cancels it past the timeout
+
+
+async def subscribe(svc: Services, conn: Connection) -> bool:
+    """Tell the hub the sessions of the socket's user; False while the database cannot be reached."""
+    try:
+        sessions = await svc.chat.sessions_of(conn.user_id)
+    except Exception as exc:
+        if translate(exc).code != "not_ready":
+            raise
+        return False
+    svc.hub.subscribe(conn, sessions)
+    return True
+
+
+async def resubscribe(svc: Services, conn: Connection) -> None:
+    """Retry `subscribe` with backoff: the socket is served meanwhile (and nothing is stored while the
+    database is down); a client that wants to be sure syncs once its first send succeeds."""
+    delay = 0.2
+    while not await subscribe(svc, conn):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close codes reach the client only after the handshake: accept, then close with the reason."""
+    await websocket.accept()
+    await websocket.close(code, reason)
 
 
 async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) -> None:
@@ -132,23 +165,26 @@ async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
 
 
 async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
-    match frame:
-        case PingFrame():
-            conn.send(PongFrame(ref=frame.id))
-        case SendMessageFrame():
-            session_id = frame.session_id or conn.user_id
-            structlog.contextvars.bind_contextvars(session_id=session_id)
-            await svc.chat.send(conn.user_id, session_id, frame.content, frame.client_msg_id, origin=conn, ref=frame.id)
-        case SyncFrame():
-            structlog.contextvars.bind_contextvars(session_id=frame.session_id)
-            rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
-            messages = [message_out(m) for m in rows]
-            conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more))
-            # No await since the query: the snapshots and the deltas after them leave no gap.
-            for reply in svc.replies.running(frame.session_id):
-                conn.send(reply.snapshot())
-        case AiCancelFrame():
-            await svc.replies.cancel(conn.user_id, frame.record_id)
+    session_id = getattr(frame, "session_id", None)
+    with structlog.contextvars.bound_contextvars(frame_type=frame.type, session_id=session_id):
+        match frame:
+            case PingFrame():
+                conn.send(PongFrame(ref=frame.id))
+            case SendMessageFrame():
+                await svc.chat.send(
+                    conn.user_id, session_id or conn.user_id, frame.content, frame.client_msg_id, conn, frame.id
+                )
+            case SyncFrame():
+                rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
+                messages = [message_out(m) for m in rows]
+                conn.send(
+                    SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more)
+                )
+                # No await since the query: the snapshots and the deltas after them leave no gap.
+                for snapshot in svc.replies.snapshots(frame.session_id):
+                    conn.send(snapshot)
+            case AiCancelFrame():
+                await svc.replies.cancel(conn.user_id, frame.record_id)
 
 
 def routes() -> list[WebSocketRoute]:

@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest_asyncio
 from starlette.websockets import WebSocketState
 
-from imsvc.hub import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, Connection, Event, Hub
-from imsvc.schemas import AiReplyDeltaFrame, AiReplySnapshotFrame, PongFrame
+from imsvc.events import Event
+from imsvc.hub import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, Connection, Hub
+from imsvc.schemas import AiReplyDeltaFrame, AiReplySnapshotFrame, MessageOut, NewMessageFrame, PongFrame
 
 TIMEOUT = 2.0
 SESSION = "s1"
@@ -133,7 +135,7 @@ async def test_frames_are_sent_in_order(senders: Callable[[Connection], asyncio.
     senders(conn)
     conn.send(pong(1))
     conn.send('{"type": "raw", "n": 2}')
-    conn.send_delta(delta("r1", "hi", 0))
+    conn.send(delta("r1", "hi", 0))
     conn.send(snapshot("r1", "hi"))
     conn.send(pong(5))
     await ws.wait_until(lambda: len(ws.log) == 5)
@@ -151,7 +153,7 @@ async def test_frames_are_sent_in_order(senders: Callable[[Connection], asyncio.
 async def test_close_flushes_buffer_then_closes_with_code(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     ws, conn, task = await blocked_with_frame_in_flight(senders)
     conn.send(pong(1))
-    conn.send_delta(delta("r1", "ab", 0))
+    conn.send(delta("r1", "ab", 0))
     conn.send(pong(2))
     conn.close(CLOSE_SHUTDOWN, "server shutting down")
     assert conn.closing
@@ -183,7 +185,7 @@ async def test_frames_after_close_are_dropped_and_first_close_code_wins(
     conn.send(pong(1))
     conn.close(CLOSE_SHUTDOWN, "bye")
     conn.send(pong(2))
-    conn.send_delta(delta("r1", "late", 0))
+    conn.send(delta("r1", "late", 0))
     conn.close(1000, "second")
     ws.gate.set()
     await finished(task)
@@ -209,9 +211,9 @@ async def test_close_is_not_sent_to_a_socket_no_longer_connected(
 async def test_consecutive_deltas_of_one_record_merge(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     ws, conn, task = await blocked_with_frame_in_flight(senders)
     first = delta("r1", "Hel", 0)
-    conn.send_delta(first)
-    conn.send_delta(delta("r1", "lo", 3))
-    conn.send_delta(delta("r1", " world", 5))
+    conn.send(first)
+    conn.send(delta("r1", "lo", 3))
+    conn.send(delta("r1", " world", 5))
     conn.close(1000)
     ws.gate.set()
     await finished(task)
@@ -223,11 +225,11 @@ async def test_interleaved_records_merge_within_their_own_record(
     senders: Callable[[Connection], asyncio.Task[None]],
 ) -> None:
     ws, conn, task = await blocked_with_frame_in_flight(senders)
-    conn.send_delta(delta("A", "ab", 0))
-    conn.send_delta(delta("B", "x", 10))
-    conn.send_delta(delta("A", "cd", 2))
-    conn.send_delta(delta("B", "yz", 11))
-    conn.send_delta(delta("A", "e", 4))
+    conn.send(delta("A", "ab", 0))
+    conn.send(delta("B", "x", 10))
+    conn.send(delta("A", "cd", 2))
+    conn.send(delta("B", "yz", 11))
+    conn.send(delta("A", "e", 4))
     conn.close(1000)
     ws.gate.set()
     await finished(task)
@@ -236,14 +238,14 @@ async def test_interleaved_records_merge_within_their_own_record(
 
 async def test_non_delta_frame_stops_merging(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     ws, conn, task = await blocked_with_frame_in_flight(senders)
-    conn.send_delta(delta("A", "ab", 0))
-    conn.send_delta(delta("B", "x", 0))
+    conn.send(delta("A", "ab", 0))
+    conn.send(delta("B", "x", 0))
     conn.send(snapshot("A", "ab"))
-    conn.send_delta(delta("A", "cd", 2))
-    conn.send_delta(delta("B", "y", 1))  # B too: nothing may be merged in front of the snapshot
-    conn.send_delta(delta("A", "e", 4))
+    conn.send(delta("A", "cd", 2))
+    conn.send(delta("B", "y", 1))  # B too: nothing may be merged in front of the snapshot
+    conn.send(delta("A", "e", 4))
     conn.send('{"type": "ai_reply", "record_id": "A"}')
-    conn.send_delta(delta("A", "f", 5))
+    conn.send(delta("A", "f", 5))
     conn.close(1000)
     ws.gate.set()
     await finished(task)
@@ -263,10 +265,10 @@ async def test_delta_being_sent_is_not_merged_into(senders: Callable[[Connection
     ws = FakeSocket(blocked=True)
     conn = Connection(ws, "alice", 10)  # type: ignore[arg-type]
     task = senders(conn)
-    conn.send_delta(delta("A", "ab", 0))
+    conn.send(delta("A", "ab", 0))
     await ws.wait_until(lambda: len(ws.attempts) == 1)  # "ab" is on the wire already
-    conn.send_delta(delta("A", "cd", 2))
-    conn.send_delta(delta("A", "e", 4))
+    conn.send(delta("A", "cd", 2))
+    conn.send(delta("A", "e", 4))
     conn.close(1000)
     ws.gate.set()
     await finished(task)
@@ -278,10 +280,10 @@ async def test_delta_being_sent_is_not_merged_into(senders: Callable[[Connection
 
 async def test_non_contiguous_delta_is_not_merged(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     ws, conn, task = await blocked_with_frame_in_flight(senders)
-    conn.send_delta(delta("A", "ab", 0))
-    conn.send_delta(delta("A", "xy", 5))  # gap: offsets 2..4 missing
-    conn.send_delta(delta("A", "z", 7))  # contiguous with the new one
-    conn.send_delta(delta("A", "q", 3))  # behind: not merged either
+    conn.send(delta("A", "ab", 0))
+    conn.send(delta("A", "xy", 5))  # gap: offsets 2..4 missing
+    conn.send(delta("A", "z", 7))  # contiguous with the new one
+    conn.send(delta("A", "q", 3))  # behind: not merged either
     conn.close(1000)
     ws.gate.set()
     await finished(task)
@@ -298,12 +300,12 @@ async def test_slow_consumer_is_closed_1008_and_buffer_dropped(
     ws, conn, task = await blocked_with_frame_in_flight(senders, limit=limit)
     for n in range(1, limit + 1):
         conn.send(pong(n))
-    conn.send_delta(delta("A", "ab", 0))
+    conn.send(delta("A", "ab", 0))
     assert not conn.closing  # exactly `limit` frames waiting is still fine
     conn.send(pong(limit + 1))
     assert conn.closing
     conn.send(pong(99))
-    conn.send_delta(delta("A", "cd", 2))
+    conn.send(delta("A", "cd", 2))
     # The peer never drains: the frame stuck on the wire is abandoned and the close goes out at once.
     await finished(task)
     assert ws.log == [("close", CLOSE_SLOW_CONSUMER, "slow consumer")]
@@ -344,7 +346,7 @@ async def test_deltas_alone_never_close_a_slow_consumer(senders: Callable[[Conne
     offsets = {"A": 0, "B": 0}
     for piece in pieces:
         for record_id in ("A", "B"):
-            conn.send_delta(delta(record_id, piece, offsets[record_id]))
+            conn.send(delta(record_id, piece, offsets[record_id]))
             offsets[record_id] += len(piece)
     assert not conn.closing
     # Deltas took no places: the full `limit` of other frames still fits.
@@ -396,24 +398,49 @@ def test_register_respects_max_connections_and_unregister_is_idempotent() -> Non
     assert hub.count == 0
 
 
+def message(n: int) -> NewMessageFrame:
+    return NewMessageFrame(
+        message=MessageOut(
+            id=n,
+            message_id=f"m{n}",
+            session_id=SESSION,
+            seq=n,
+            from_user_id="alice",
+            msg_type="TEXT",
+            msg_content=str(n),
+            client_msg_id=None,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+
+
+def seqs(ws: FakeSocket) -> list[tuple[str, int]]:
+    return [(f["type"], f["message"]["seq"]) for f in ws.sent]
+
+
+def joined(hub: Hub, *conns: Connection, session_id: str = SESSION) -> None:
+    for conn in conns:
+        assert hub.register(conn)
+        hub.subscribe(conn, [session_id])
+
+
 async def test_unregistered_connection_gets_no_events(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     hub = Hub(max_connections=10)
     ws_a, a = hub_connection("alice")
     ws_b, b = hub_connection("alice")
-    hub.register(a)
-    hub.register(b)
+    joined(hub, a, b)
     hub.unregister(a)
-    hub.deliver(Event(recipients=("alice",), text='{"n": 1}'))
+    hub.deliver(Event(SESSION, message(1), seq=1))
     tasks = [senders(a), senders(b)]
     a.close(1000)
     b.close(1000)
     for task in tasks:
         await finished(task)
     assert ws_a.log == [("close", 1000, "")]
-    assert ws_b.log == [("send", {"n": 1}), ("close", 1000, "")]
+    assert seqs(ws_b) == [("new_message", 1)]
 
 
-async def test_deliver_to_every_connection_of_recipients_except_excluded(
+async def test_deliver_to_every_members_socket_and_answer_the_origin(
     senders: Callable[[Connection], asyncio.Task[None]],
 ) -> None:
     hub = Hub(max_connections=10)
@@ -421,33 +448,72 @@ async def test_deliver_to_every_connection_of_recipients_except_excluded(
     conns: dict[str, Connection] = {}
     for name, user in [("alice1", "alice"), ("alice2", "alice"), ("bob1", "bob"), ("carol1", "carol")]:
         sockets[name], conns[name] = hub_connection(user)
-        assert hub.register(conns[name])
+    joined(hub, conns["alice1"], conns["alice2"], conns["bob1"])
+    joined(hub, conns["carol1"], session_id="elsewhere")
     tasks = [senders(conn) for conn in conns.values()]
-    hub.deliver(
-        Event(recipients=("alice", "bob", "nobody"), text='{"type": "new_message", "n": 1}', exclude=conns["alice1"].id)
-    )
-    hub.deliver(Event(recipients=("alice", "bob"), text='{"type": "new_message", "n": 2}'))
+    hub.deliver(Event(SESSION, message(1), seq=1, origin=conns["alice1"].id, ref="r1"))
+    hub.deliver(Event(SESSION, message(2), seq=2))
     hub.close_all(CLOSE_SHUTDOWN, "server shutting down")
     for task in tasks:
         await finished(task)
-    closed = ("close", CLOSE_SHUTDOWN, "server shutting down")
-    msg1 = ("send", {"type": "new_message", "n": 1})
-    msg2 = ("send", {"type": "new_message", "n": 2})
-    assert sockets["alice1"].log == [msg2, closed]
-    assert sockets["alice2"].log == [msg1, msg2, closed]
-    assert sockets["bob1"].log == [msg1, msg2, closed]
-    assert sockets["carol1"].log == [closed]
+    assert seqs(sockets["alice1"]) == [("message_sent", 1), ("new_message", 2)]
+    assert sockets["alice1"].sent[0]["ref"] == "r1" and sockets["alice1"].sent[0]["duplicate"] is False
+    assert seqs(sockets["alice2"]) == seqs(sockets["bob1"]) == [("new_message", 1), ("new_message", 2)]
+    assert sockets["carol1"].log == [("close", CLOSE_SHUTDOWN, "server shutting down")]
+
+
+async def test_joined_and_left_follow_the_events(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
+    hub = Hub(max_connections=10)
+    ws_a, a = hub_connection("alice")
+    ws_b, b = hub_connection("bob")
+    joined(hub, a)
+    assert hub.register(b)
+    hub.subscribe(b, [])
+    hub.deliver(Event(SESSION, message(1), seq=1))
+    hub.deliver(Event(SESSION, message(2), seq=2, joined=("bob",)))  # bob receives the event that adds him
+    hub.deliver(Event(SESSION, message(3), seq=3))
+    hub.deliver(Event(SESSION, message(4), seq=4, left=("bob",)))  # ... and the one that removes him
+    hub.deliver(Event(SESSION, message(5), seq=5))
+    tasks = [senders(a), senders(b)]
+    hub.close_all(1000, "")
+    for task in tasks:
+        await finished(task)
+    assert [seq for _, seq in seqs(ws_a)] == [1, 2, 3, 4, 5]
+    assert [seq for _, seq in seqs(ws_b)] == [2, 3, 4]
+
+
+async def test_a_session_joined_while_the_sessions_are_read_is_kept(
+    senders: Callable[[Connection], asyncio.Task[None]],
+) -> None:
+    hub = Hub(max_connections=10)
+    ws, conn = hub_connection("bob")
+    assert hub.register(conn)
+    hub.deliver(Event("new", joined=("bob",)))  # committed after the read began, delivered before it ended
+    hub.deliver(Event("gone", left=("bob",)))  # left while the read (which still lists it) was under way
+    hub.subscribe(conn, ["old", "gone"])
+    for session_id in ("old", "new", "gone"):
+        hub.deliver(
+            Event(
+                session_id,
+                message(1).model_copy(
+                    update={"message": message(1).message.model_copy(update={"session_id": session_id})}
+                ),
+            )
+        )
+    task = senders(conn)
+    conn.close(1000)
+    await finished(task)
+    assert [f["message"]["session_id"] for f in ws.sent] == ["old", "new"]
 
 
 async def test_deliver_delta_merges_per_connection(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     hub = Hub(max_connections=10)
     ws_a, a = hub_connection("alice")
     ws_b, b = hub_connection("bob")
-    hub.register(a)
-    hub.register(b)
+    joined(hub, a, b)
     first, second = delta("A", "a", 0), delta("A", "b", 1)
-    hub.deliver(Event(recipients=("alice", "bob"), delta=first))
-    hub.deliver(Event(recipients=("alice", "bob"), delta=second))
+    hub.deliver(Event(SESSION, first))
+    hub.deliver(Event(SESSION, second))
     tasks = [senders(a), senders(b)]
     hub.close_all(1000, "")
     for task in tasks:

@@ -41,7 +41,7 @@ async def model(fake_llm: FakeLLM) -> AsyncIterator[ChatModel]:
 
 
 async def collect(chat_model: ChatModel, result: Completion, messages: list[dict[str, str]] = MESSAGES) -> list[str]:
-    return [piece async for piece in chat_model.stream(messages, result)]
+    return [piece async for piece in chat_model.stream(chat_model.request(messages), result)]
 
 
 async def test_stream_joins_to_the_reply_and_fills_the_result(fake_llm: FakeLLM, model: ChatModel) -> None:
@@ -111,7 +111,7 @@ async def test_cut_stream_raises_after_the_text_so_far(fake_llm: FakeLLM, model:
     fake_llm.mode = "cut"
     pieces: list[str] = []
     with pytest.raises(ProviderError, match="connection"):
-        async for piece in model.stream(MESSAGES, Completion()):
+        async for piece in model.stream(model.request(MESSAGES), Completion()):
             pieces.append(piece)
     assert len(pieces) == CUT_AFTER
     assert "".join(pieces) == " ".join(fake_llm.reply.split(" ")[:CUT_AFTER]) + " "
@@ -122,7 +122,7 @@ async def test_malformed_stream_raises(fake_llm: FakeLLM, model: ChatModel) -> N
     fake_llm.mode = "malformed"
     pieces: list[str] = []
     with pytest.raises(ProviderError, match="malformed"):
-        async for piece in model.stream(MESSAGES, Completion()):
+        async for piece in model.stream(model.request(MESSAGES), Completion()):
             pieces.append(piece)
     assert len(pieces) == CUT_AFTER
     assert len(fake_llm.requests) == 1
@@ -130,7 +130,7 @@ async def test_malformed_stream_raises(fake_llm: FakeLLM, model: ChatModel) -> N
 
 async def test_caller_timeout_and_cancel_pass_through(fake_llm: FakeLLM, model: ChatModel) -> None:
     fake_llm.mode = "hang"
-    async with contextlib.aclosing(model.stream(MESSAGES, Completion())) as stream:
+    async with contextlib.aclosing(model.stream(model.request(MESSAGES), Completion())) as stream:
         assert await anext(stream) == "Hello "
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
@@ -141,7 +141,7 @@ async def test_caller_timeout_and_cancel_pass_through(fake_llm: FakeLLM, model: 
     first = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in model.stream(MESSAGES, Completion()):
+        async for _ in model.stream(model.request(MESSAGES), Completion()):
             first.set()
 
     task = asyncio.create_task(consume())
@@ -155,7 +155,7 @@ async def test_caller_timeout_and_cancel_pass_through(fake_llm: FakeLLM, model: 
 async def test_stalled_stream_resumes(fake_llm: FakeLLM, model: ChatModel) -> None:
     fake_llm.mode = "hang"
     result = Completion()
-    async with contextlib.aclosing(model.stream(MESSAGES, result)) as stream:
+    async with contextlib.aclosing(model.stream(model.request(MESSAGES), result)) as stream:
         pieces = [await anext(stream)]
         assert fake_llm.open_streams == 1
         fake_llm.release.set()

@@ -10,6 +10,7 @@ import httpx
 
 from imsvc import store
 from imsvc.db import Database
+from imsvc.models import Message
 from tests import fakellm
 from tests.conftest import ServerFactory
 from tests.fakellm import FakeLLM
@@ -70,10 +71,11 @@ async def test_start_up_interrupts_records_a_crash_left(database_url: str, make_
     try:
         async with db.transaction() as s:
             room, alice = uid("s"), uid()
-            await store.create_owned(s, room, alice)
-            appended = await store.append_message(s, room, alice, "before the crash")
-            assert appended is not None
-            orphan = await store.create_record(s, room, appended.message.message_id, "m")
+            await store.create_session(s, alice, room, None, [], ai_enabled=True)
+            message_id = store.new_id("msg")
+            s.add(Message(message_id=message_id, session_id=room, seq=1, from_user_id=alice, msg_content="before"))
+            await s.flush()
+            orphan = await store.create_record(s, room, message_id, "m")
     finally:
         await db.dispose()
     server = await make_server()

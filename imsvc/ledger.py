@@ -1,0 +1,234 @@
+"""The statements of a group commit: many events of many sessions stored in one transaction.
+
+Set-based on purpose, one statement per step for the whole batch (SQLAlchemy Core with its
+compiled-statement cache, "insertmanyvalues" for the INSERTs): at a few thousand messages a second
+one transaction per message costs more round trips and Python than the rows themselves. Nothing
+here commits: the sequencer owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember
+from imsvc.schemas import MessageOut
+
+sessions = cast(Table, ChatSession.__table__)
+members = cast(Table, SessionMember.__table__)
+messages = cast(Table, Message.__table__)
+records = cast(Table, AIChatRecord.__table__)
+
+ClientKey = tuple[str, str, str]  # session, author, client_msg_id
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    last_seq: int
+    ai_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    role: str
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """A message stored earlier under a client_msg_id, and the reply record it started (if any)."""
+
+    message: MessageOut
+    record_id: str | None
+    record_status: RecordStatus | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    """How a reply ended, as its record stores it (SPEC §6, §9)."""
+
+    status: RecordStatus
+    finish_reason: str
+    request_content: str
+    response_content: str | None
+    duration_ms: int
+    first_token_ms: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    error_message: str | None
+
+
+def row_out(row: Any) -> MessageOut:
+    return MessageOut.model_validate(row, from_attributes=True)
+
+
+async def originals(c: AsyncConnection, keys: Iterable[ClientKey]) -> dict[ClientKey, Original]:
+    wanted = list(keys)
+    if not wanted:
+        return {}
+    rows = (
+        await c.execute(
+            select(messages).where(
+                tuple_(messages.c.session_id, messages.c.from_user_id, messages.c.client_msg_id).in_(wanted)
+            )
+        )
+    ).all()
+    found = {(r.session_id, r.from_user_id, r.client_msg_id): row_out(r) for r in rows}
+    replies = await first_records(c, [m.message_id for m in found.values()])
+    return {key: Original(message, *replies.get(message.message_id, (None, None))) for key, message in found.items()}
+
+
+async def first_records(c: AsyncConnection, message_ids: list[str]) -> dict[str, tuple[str, RecordStatus]]:
+    """The first reply record of each message: the one its send started."""
+    if not message_ids:
+        return {}
+    rows = await c.execute(
+        select(records.c.user_message_id, records.c.record_id, records.c.status)
+        .where(records.c.user_message_id.in_(message_ids))
+        .order_by(records.c.created_at.desc())
+    )
+    return {r.user_message_id: (r.record_id, RecordStatus(r.status)) for r in rows}  # the oldest wins
+
+
+async def lock_sessions(c: AsyncConnection, session_ids: Iterable[str]) -> dict[str, SessionState]:
+    """Lock the sessions' rows (in id order, so that concurrent writers cannot deadlock) and read their state."""
+    rows = await c.execute(
+        select(sessions.c.session_id, sessions.c.last_seq, sessions.c.ai_enabled)
+        .where(sessions.c.session_id.in_(sorted(set(session_ids))))
+        .order_by(sessions.c.session_id)
+        .with_for_update()
+    )
+    return {r.session_id: SessionState(r.last_seq, r.ai_enabled) for r in rows}
+
+
+async def create_sessions(c: AsyncConnection, owners: dict[str, str], now: datetime) -> list[str]:
+    """Sessions that first messages create, their senders as owners; the ids that were new (a concurrent
+    writer may have created some already)."""
+    if not owners:
+        return []
+    dialect_insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
+    created = []
+    for session_id, owner in owners.items():
+        result = await c.execute(
+            dialect_insert(sessions)
+            .values(
+                session_id=session_id,
+                title=None,
+                created_by=owner,
+                ai_enabled=True,
+                last_seq=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        if result.rowcount:
+            created.append(session_id)
+    if created:
+        await c.execute(
+            insert(members),
+            [{"session_id": sid, "user_id": owners[sid], "role": "owner", "joined_at": now} for sid in created],
+        )
+    return created
+
+
+async def memberships(c: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Membership]:
+    """The (session, user) pairs that are memberships; read after the sessions are locked, so it is current."""
+    wanted = list(set(pairs))
+    if not wanted:
+        return {}
+    rows = await c.execute(
+        select(members.c.session_id, members.c.user_id, members.c.role, members.c.joined_at).where(
+            tuple_(members.c.session_id, members.c.user_id).in_(wanted)
+        )
+    )
+    return {(r.session_id, r.user_id): Membership(r.role, r.joined_at) for r in rows}
+
+
+async def insert_members(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await c.execute(insert(members), list(rows))
+
+
+async def advance(c: AsyncConnection, last_seqs: dict[str, int], now: datetime) -> None:
+    await c.execute(
+        update(sessions)
+        .where(sessions.c.session_id == bindparam("sid"))
+        .values(last_seq=bindparam("seq"), updated_at=now),
+        [{"sid": sid, "seq": seq} for sid, seq in last_seqs.items()],
+    )
+
+
+async def insert_messages(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert rows (every column but `id`); their ids, in the order given."""
+    result = await c.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), list(rows))
+    return [row.id for row in result]
+
+
+async def insert_records(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await c.execute(insert(records), list(rows))
+
+
+async def finish_records(
+    c: AsyncConnection, ends: Sequence[tuple[str, str | None, RecordOutcome]], now: datetime
+) -> None:
+    """Close reply records: (record id, id of the stored AI message or None, outcome)."""
+    if not ends:
+        return
+    await c.execute(
+        update(records)
+        .where(records.c.record_id == bindparam("rid"))
+        .values(
+            status=bindparam("st"),
+            finish_reason=bindparam("fr"),
+            request_content=bindparam("req"),
+            response_content=bindparam("resp"),
+            ai_message_id=bindparam("aid"),
+            duration_ms=bindparam("dur"),
+            first_token_ms=bindparam("ftm"),
+            prompt_tokens=bindparam("pt"),
+            completion_tokens=bindparam("ct"),
+            error_message=bindparam("err"),
+            updated_at=now,
+        ),
+        [
+            {
+                "rid": record_id,
+                "aid": message_id,
+                "st": int(o.status),
+                "fr": o.finish_reason,
+                "req": o.request_content,
+                "resp": o.response_content,
+                "dur": o.duration_ms,
+                "ftm": o.first_token_ms,
+                "pt": o.prompt_tokens,
+                "ct": o.completion_tokens,
+                "err": o.error_message,
+            }
+            for record_id, message_id, o in ends
+        ],
+    )
+
+
+async def stored(c: AsyncConnection, message_ids: list[str]) -> int:
+    """How many of these messages exist: after a commit whose answer was lost, whether it happened."""
+    rows = await c.execute(select(messages.c.message_id).where(messages.c.message_id.in_(message_ids)))
+    return len(rows.all())
+
+
+async def closed_records(c: AsyncConnection, record_ids: list[str]) -> int:
+    """How many of these records are no longer at status 0."""
+    rows = await c.execute(
+        select(records.c.record_id).where(
+            records.c.record_id.in_(record_ids), records.c.status != int(RecordStatus.PROCESSING)
+        )
+    )
+    return len(rows.all())

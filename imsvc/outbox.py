@@ -1,0 +1,106 @@
+"""A bounded buffer of outgoing frames that coalesces what may be merged, for a socket or an SSE stream.
+
+Frames with a coalescing key (today: the deltas of one reply) do not take places: a waiting frame
+of the same key absorbs the next one, so a slow reader of a long reply gets fewer, larger deltas.
+Only other frames count against the limit; past it, `put` answers False and the owner gives up
+on the reader (a socket is closed 1008). A frame without a key ends every merge before it, so that
+nothing merges in front of a snapshot or a final reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Hashable
+
+from imsvc.schemas import AiReplyDeltaFrame, ServerFrame
+
+
+def coalescing_key(frame: ServerFrame) -> Hashable | None:
+    if isinstance(frame, AiReplyDeltaFrame):
+        return ("delta", frame.record_id)
+    return None
+
+
+def merged(waiting: ServerFrame, new: ServerFrame) -> ServerFrame | None:
+    """`waiting` and `new` as one frame, or None when they do not merge (deltas that are not contiguous)."""
+    if isinstance(waiting, AiReplyDeltaFrame) and isinstance(new, AiReplyDeltaFrame):
+        if waiting.offset + len(waiting.delta) != new.offset:
+            return None
+        return waiting.model_copy(update={"delta": waiting.delta + new.delta})
+    return None
+
+
+class Item:
+    """A frame and, when rendered already (once for every socket of an event), its JSON text."""
+
+    __slots__ = ("frame", "key", "text")
+
+    def __init__(self, frame: ServerFrame | None, text: str | None, key: Hashable | None) -> None:
+        self.frame = frame
+        self.text = text
+        self.key = key
+
+    def wire(self) -> str:
+        if self.text is None:
+            assert self.frame is not None
+            self.text = self.frame.wire()
+        return self.text
+
+
+class Outbox:
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: deque[Item] = deque()
+        self._counted = 0
+        self._open_merges: dict[Hashable, Item] = {}
+        self._ready = asyncio.Event()
+
+    @property
+    def counted(self) -> int:
+        return self._counted
+
+    def put(self, frame: ServerFrame | None, text: str | None = None) -> bool:
+        """Queue a frame (or a pre-rendered text with no frame); False when the buffer is full."""
+        key = coalescing_key(frame) if frame is not None else None
+        if key is not None:
+            waiting = self._open_merges.get(key)
+            if waiting is not None and waiting.frame is not None and frame is not None:
+                joined = merged(waiting.frame, frame)
+                if joined is not None:
+                    waiting.frame, waiting.text = joined, None
+                    return True
+            item = Item(frame, text, key)
+            self._open_merges[key] = item
+        else:
+            if self._counted >= self._limit:
+                return False
+            item = Item(frame, text, None)
+            self._counted += 1
+            self._open_merges.clear()
+        self._items.append(item)
+        self._ready.set()
+        return True
+
+    def pop(self) -> Item | None:
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if item.key is None:
+            self._counted -= 1
+        elif self._open_merges.get(item.key) is item:
+            del self._open_merges[item.key]  # being sent: nothing more merges into it
+        return item
+
+    async def wait(self) -> None:
+        """Until something is queued, or `wake` is called, since the last wait."""
+        await self._ready.wait()
+        self._ready.clear()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._open_merges.clear()
+        self._counted = 0
