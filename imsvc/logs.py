@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
+from contextvars import Token
+from types import TracebackType
+from typing import Any
 
 import structlog
 
@@ -29,3 +33,23 @@ def configure_logging(level: str, fmt: str) -> None:
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+class bound:
+    """Bind log context for a block (a frame, a reply), then restore what was there.
+
+    structlog's own `bound_contextvars` reads every context variable on entry; on the path of every
+    WebSocket frame that cost more than storing the message. Tokens restore the previous values.
+    """
+
+    __slots__ = ("_tokens", "_values")
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+        self._tokens: Mapping[str, Token[Any]] = {}
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(**self._values)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)

@@ -16,6 +16,12 @@ class Metrics:
         self.messages_stored = Counter(
             "imsvc_messages_stored", "Messages stored, AI messages included", registry=self.registry
         )
+        self.batch_size = Histogram(
+            "imsvc_sequencer_batch_size",
+            "Events stored per transaction (group commit)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=self.registry,
+        )
         self.replies = Counter(
             "imsvc_ai_replies", "AI replies ended, by record status", ["status"], registry=self.registry
         )

@@ -168,6 +168,7 @@ class Sequencer:
                 await self._wakeup.wait()
                 continue
             batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), BATCH_LIMIT))]
+            self._metrics.batch_size.observe(len(batch))
             try:
                 await self._write(batch)
             except Exception as exc:  # the writer must outlive any one batch

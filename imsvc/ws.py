@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket
 from imsvc.auth import bearer, verify_token
 from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
 from imsvc.hub import CLOSE_SHUTDOWN, Connection
-from imsvc.logs import get_logger
+from imsvc.logs import bound, get_logger
 from imsvc.schemas import (
     INBOUND_TYPES,
     AiCancelFrame,
@@ -166,7 +166,7 @@ async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
 
 async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
     session_id = getattr(frame, "session_id", None)
-    with structlog.contextvars.bound_contextvars(frame_type=frame.type, session_id=session_id):
+    with bound(frame_type=frame.type, session_id=session_id):
         match frame:
             case PingFrame():
                 conn.send(PongFrame(ref=frame.id))

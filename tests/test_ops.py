@@ -118,3 +118,18 @@ async def test_logs_carry_context_but_no_content_or_token(
     ended = [line for line in lines if line.get("event") == "reply ended"]
     assert ended and ended[0]["user_id"] == alice and ended[0]["session_id"] == alice and ended[0]["record_id"]
     assert secret_text not in out and "eyJ" not in out and server.settings.secret not in out  # eyJ: any JWT
+
+
+async def test_each_reply_logs_its_own_context(make_server: ServerFactory, capfd: pytest.CaptureFixture[str]) -> None:
+    server = await make_server(log_level="INFO")
+    alice, bob = uid(), uid()
+    room = await server.room(alice, bob, ai=True)
+    async with server.ws(alice) as ws:
+        for user in (alice, bob):  # one session: one worker runs both replies
+            sent = await server.send(user, room, f"from {user}")
+            while (await ws.recv_type("ai_reply"))["user_message_id"] != sent["message_id"]:
+                pass
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    ended = [line for line in lines if line.get("event") == "reply ended"]
+    assert [line["user_id"] for line in ended] == [alice, bob]
+    assert all(line["session_id"] == room and "request_id" not in line for line in ended)

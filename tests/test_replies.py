@@ -469,3 +469,21 @@ async def test_a_member_added_mid_reply_receives_the_rest(ai: LiveServer, fake_l
         _, final = await reply_frames(b, sent["ai_record_id"])
         assert final["type"] == "ai_reply" and final["content"] == fake_llm.text()
         assert (await reply_frames(a, sent["ai_record_id"]))[1] == final  # (read, or closing a waits its timeout)
+
+
+async def test_a_member_added_while_a_reply_is_queued_receives_all_of_it(ai: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.mode = "hang"  # the first reply holds the session's turn until released
+    alice, bob = uid(), uid()
+    room = await ai.room(alice, ai=True)
+    async with ai.ws(alice) as a, ai.ws(bob) as b:
+        first = await ai.send(alice, room, "first")
+        await a.recv_type("ai_reply_delta")
+        second = await ai.send(alice, room, "second")  # queued behind the first
+        assert (await ai.post(f"/sessions/{room}/members", alice, {"user_id": bob})).status_code == 201
+        fake_llm.release.set()
+        _, end_first = await reply_frames(b, first["ai_record_id"])
+        assert end_first["type"] == "ai_reply"
+        start = await b.recv_type("ai_reply_start")
+        assert start["record_id"] == second["ai_record_id"]
+        deltas, end_second = await reply_frames(b, second["ai_record_id"])
+        assert joined(deltas) == end_second["content"] and end_second["type"] == "ai_reply"

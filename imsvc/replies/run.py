@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
 
-import structlog
-
 from imsvc import store
 from imsvc.bus import Bus
 from imsvc.context import build_context
@@ -27,7 +25,7 @@ from imsvc.db import Database
 from imsvc.errors import ImsvcError, Interrupted, ProviderError, ReplyTimeout, translate
 from imsvc.events import Event
 from imsvc.llm import ChatModel, Completion, Request
-from imsvc.logs import get_logger
+from imsvc.logs import bound, get_logger
 from imsvc.metrics import Metrics
 from imsvc.models import RecordStatus
 from imsvc.outbox import Outbox
@@ -142,9 +140,7 @@ class ReplyRun:
 
     async def run(self) -> None:
         """Generate, then conclude; called by the scheduler when the run has a slot."""
-        with structlog.contextvars.bound_contextvars(
-            session_id=self.session_id, record_id=self.record_id, user_id=self.user_message.from_user_id
-        ):
+        with bound(session_id=self.session_id, record_id=self.record_id, user_id=self.user_message.from_user_id):
             timings, completion = Timings(began=time.monotonic()), Completion()
             request: Request = {}
             try:
