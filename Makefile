@@ -25,9 +25,9 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# Every scenario against `imsvc serve` on the local PostgreSQL (BENCH_DATABASE_URL); rewrites the README's table.
 bench: install
-	$(BIN)/python -m tests.bench.first_delta --runs 5 --replies 40
-	$(BIN)/python -m tests.bench.first_delta --runs 5 --replies 40 --mode normal
+	$(BIN)/python -m tests.bench --write-readme
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
