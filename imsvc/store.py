@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imsvc.errors import Conflict, Forbidden
+from imsvc.errors import Conflict, Forbidden, Interrupted
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember, utcnow
 
 
@@ -208,11 +208,11 @@ async def interrupt_unfinished(s: AsyncSession) -> int:
     """Records a crash left at status 0 become failed (`interrupted`); how many there were."""
     result = await s.execute(
         update(AIChatRecord)
-        .where(AIChatRecord.status == 0)
+        .where(AIChatRecord.status == int(RecordStatus.PROCESSING))
         .values(
-            status=2,
-            finish_reason="interrupted",
-            error_message="interrupted: the server stopped during the reply",
+            status=int(RecordStatus.FAILED),
+            finish_reason=Interrupted.code,
+            error_message=f"{Interrupted.code}: the server stopped during the reply",
             updated_at=utcnow(),
         )
     )

@@ -197,7 +197,7 @@ class ReplyRun:
             return stopped(self._stop)
         return Outcome(
             RecordStatus.FAILED,
-            "timeout",
+            ReplyTimeout.code,
             ReplyTimeout(f"no complete reply within {self._tools.settings.ai_timeout_s} s"),
         )
 
@@ -305,9 +305,9 @@ class ReplyRun:
 def stopped(reason: Stop) -> Outcome:
     if reason is Stop.CANCELLED:
         return Outcome(RecordStatus.CANCELLED, "cancelled")
-    return Outcome(RecordStatus.FAILED, "interrupted", Interrupted("the server shut down during the reply"))
+    return Outcome(RecordStatus.FAILED, Interrupted.code, Interrupted("the server shut down during the reply"))
 
 
 def refusal(error: ImsvcError) -> Outcome:
     """The outcome of a reply that could not be queued."""
-    return Outcome(RecordStatus.FAILED, error.code if error.code == "interrupted" else "error", error)
+    return Outcome(RecordStatus.FAILED, Interrupted.code if isinstance(error, Interrupted) else "error", error)
