@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,6 +51,7 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._writer: AsyncConnection | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -62,16 +64,23 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection whose transaction the caller commits (`await c.commit()`); rolled back otherwise.
-
-        For the sequencer's batches: the ORM's unit of work costs more than the rows on that path."""
-        if self._write_lock is None:
-            async with self.engine.connect() as conn:
+    async def writer(self) -> AsyncIterator[AsyncConnection]:
+        """The sequencer's Core connection, kept from one batch to the next (no checkout and no ping per
+        batch: two round trips fewer on the hot path). The caller commits; anything left uncommitted is
+        rolled back, and after an error the connection is given up and the next batch takes a new one."""
+        async with self._write_lock or contextlib.nullcontext():
+            if self._writer is None:
+                self._writer = await self.engine.connect()
+            conn = self._writer
+            try:
                 yield conn
-            return
-        async with self._write_lock, self.engine.connect() as conn:
-            yield conn
+                if conn.in_transaction():
+                    await conn.rollback()
+            except BaseException:
+                self._writer = None
+                with contextlib.suppress(Exception):
+                    await conn.close()  # a connection the database dropped is invalidated, not pooled
+                raise
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
@@ -83,6 +92,10 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer.close()
+            self._writer = None
         await self.engine.dispose()
 
 

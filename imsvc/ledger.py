@@ -168,26 +168,24 @@ async def insert_members(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
         await c.execute(insert(members), list(rows))
 
 
-async def advance(c: AsyncConnection, last_seqs: dict[str, int], now: datetime) -> None:
-    if _postgres(c):
-        await c.execute(_PG_ADVANCE, {"sid": list(last_seqs), "seq": list(last_seqs.values()), "now": now})
-        return
+async def append_rows(
+    c: AsyncConnection, rows: Sequence[dict[str, Any]], last_seqs: dict[str, int], now: datetime
+) -> list[int]:
+    """Insert message rows (every column but `id`) and move their sessions' `last_seq`; the rows' ids, in order."""
+    if _postgres(c):  # one statement, one round trip
+        params: dict[str, Any] = {name: [row[name] for row in rows] for name in _MESSAGE_COLUMNS}
+        params |= {"adv_sid": list(last_seqs), "adv_seq": list(last_seqs.values()), "now": now}
+        ids = {r.message_id: r.id for r in await c.execute(_PG_APPEND, params)}
+        return [ids[row["message_id"]] for row in rows]
+    result = await c.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), list(rows))
+    inserted = [row.id for row in result]
     await c.execute(
         update(sessions)
         .where(sessions.c.session_id == bindparam("sid"))
         .values(last_seq=bindparam("seq"), updated_at=now),
         [{"sid": sid, "seq": seq} for sid, seq in last_seqs.items()],
     )
-
-
-async def insert_messages(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert rows (every column but `id`); their ids, in the order given."""
-    if _postgres(c):
-        columns = {name: [row[name] for row in rows] for name in _MESSAGE_COLUMNS}
-        ids = {r.message_id: r.id for r in await c.execute(_PG_INSERT_MESSAGES, columns)}
-        return [ids[row["message_id"]] for row in rows]
-    result = await c.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), list(rows))
-    return [row.id for row in result]
+    return inserted
 
 
 async def insert_records(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -276,12 +274,11 @@ _PG_MEMBERSHIPS = text(
     " JOIN unnest(CAST(:s AS TEXT[]), CAST(:u AS TEXT[])) AS w(sid, uid)"
     " ON m.session_id = w.sid AND m.user_id = w.uid"
 )
-_PG_ADVANCE = text(
-    "UPDATE sessions SET last_seq = w.seq, updated_at = :now"
-    " FROM unnest(CAST(:sid AS TEXT[]), CAST(:seq AS BIGINT[])) AS w(sid, seq) WHERE sessions.session_id = w.sid"
-)
-_PG_INSERT_MESSAGES = text(
-    "INSERT INTO messages (message_id, session_id, seq, from_user_id, msg_type, msg_content, client_msg_id,"
+_PG_APPEND = text(
+    "WITH advanced AS (UPDATE sessions SET last_seq = w.seq, updated_at = :now"
+    " FROM unnest(CAST(:adv_sid AS TEXT[]), CAST(:adv_seq AS BIGINT[])) AS w(sid, seq)"
+    " WHERE sessions.session_id = w.sid RETURNING 1)"
+    " INSERT INTO messages (message_id, session_id, seq, from_user_id, msg_type, msg_content, client_msg_id,"
     " created_at, updated_at)"
     " SELECT * FROM unnest(CAST(:message_id AS TEXT[]), CAST(:session_id AS TEXT[]), CAST(:seq AS BIGINT[]),"
     " CAST(:from_user_id AS TEXT[]), CAST(:msg_type AS TEXT[]), CAST(:msg_content AS TEXT[]),"

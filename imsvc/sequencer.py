@@ -180,7 +180,7 @@ class Sequencer:
         plan: _Plan | None = None
         committing = False
         try:
-            async with self._db.connection() as c:
+            async with self._db.writer() as c:
                 plan = await self._store(c, batch, utcnow())
                 committing = True
                 await c.commit()
@@ -268,11 +268,10 @@ class Sequencer:
                 plan.ends.append((op.record_id, ai_message_id, op.outcome))
 
         if plan.rows:
-            ids = await ledger.insert_messages(c, [item.row for item in plan.rows if item.row is not None])
-            for item, row_id in zip(plan.rows, ids, strict=True):
-                assert item.row is not None
-                item.row["id"] = row_id
-            await ledger.advance(c, {sid: plan.last_seqs[sid] for sid in {i.op.session_id for i in plan.rows}}, now)
+            rows = [item.row for item in plan.rows if item.row is not None]
+            advanced = {sid: plan.last_seqs[sid] for sid in {row["session_id"] for row in rows}}
+            for row, row_id in zip(rows, await ledger.append_rows(c, rows, advanced, now), strict=True):
+                row["id"] = row_id
         await ledger.insert_members(c, plan.members)
         await ledger.insert_records(c, plan.records)
         await ledger.finish_records(c, plan.ends, now)
