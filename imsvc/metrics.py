@@ -25,6 +25,11 @@ class Metrics:
         self.replies = Counter(
             "imsvc_ai_replies", "AI replies ended, by record status", ["status"], registry=self.registry
         )
+        self.reply_store_retries = Counter(
+            "imsvc_ai_reply_store_retries",
+            "Attempts to store a reply's outcome that failed and were retried (the database unreachable)",
+            registry=self.registry,
+        )
         self.first_token = Histogram(
             "imsvc_ai_first_token_seconds", "From generation start to the first token", registry=self.registry
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests import fakellm
 from tests.conftest import ServerFactory
+from tests.dbproxy import db_proxy
 from tests.fakellm import FakeLLM
 from tests.helpers import LiveServer, WsClient, uid
 
@@ -487,3 +489,38 @@ async def test_a_member_added_while_a_reply_is_queued_receives_all_of_it(ai: Liv
         assert start["record_id"] == second["ai_record_id"]
         deltas, end_second = await reply_frames(b, second["ai_record_id"])
         assert joined(deltas) == end_second["content"] and end_second["type"] == "ai_reply"
+
+
+async def test_a_reply_ending_while_the_database_is_unreachable_is_stored_when_it_returns(
+    make_server: ServerFactory, fake_llm: FakeLLM, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the database is cut through a TCP proxy: PostgreSQL only")
+    async with db_proxy(database_url) as proxy:
+        ai = await make_server(
+            database_url=proxy.url, ai_provider="openai", ai_api_key="k", ai_base_url=fake_llm.url, ai_timeout_s=20
+        )
+        fake_llm.mode = "hang"
+        alice = uid()
+        room = await ai.room(alice, ai=True)
+        async with ai.ws(alice) as ws:
+            sent = await ai.send(alice, room, "tell me")
+            await ws.recv_type("ai_reply_delta")
+            proxy.cut()
+            fake_llm.release.set()  # the reply ends now, with the database gone
+
+            async def retried() -> bool:
+                text = (await ai.get("/metrics", None)).text
+                return "imsvc_ai_reply_store_retries_total 0.0" not in text
+
+            async with asyncio.timeout(10):
+                while not await retried():  # noqa: ASYNC110 - the server's own count is the only signal outside it
+                    await asyncio.sleep(0.05)
+            record_meanwhile = await ai.get(f"/ai/records/{sent['ai_record_id']}", alice)
+            assert record_meanwhile.status_code == 503 and record_meanwhile.json()["error"]["code"] == "not_ready"
+            proxy.restore()
+            _, final = await reply_frames(ws, sent["ai_record_id"])
+        assert final["type"] == "ai_reply" and final["content"] == fake_llm.text("hang")
+        assert final["message"]["msg_content"] == final["content"]
+        rec = await record(ai, alice, sent["ai_record_id"])
+        assert (rec["status"], rec["response_content"]) == (1, final["content"])

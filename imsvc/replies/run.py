@@ -265,6 +265,7 @@ class ReplyRun:
             try:
                 message = await self._tools.sequencer.end_reply(op)
             except Exception as exc:
+                self._tools.metrics.reply_store_retries.inc()
                 log.warning("could not store the end of a reply; retrying", error=type(exc).__name__, retry_s=delay)
             else:
                 error = ErrorDetail(code=op.error.code, message=op.error.message) if op.error else None
