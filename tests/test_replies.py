@@ -7,7 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from imsvc import store
+from imsvc.db import Database
+from imsvc.models import ChatSession, Message
 from tests import fakellm
 from tests.conftest import ServerFactory
 from tests.dbproxy import db_proxy
@@ -524,3 +528,35 @@ async def test_a_reply_ending_while_the_database_is_unreachable_is_stored_when_i
         assert final["message"]["msg_content"] == final["content"]
         rec = await record(ai, alice, sent["ai_record_id"])
         assert (rec["status"], rec["response_content"]) == (1, final["content"])
+
+
+async def test_a_retry_after_a_lost_commit_answer_starts_the_reply_nobody_runs(
+    ai: LiveServer, fake_llm: FakeLLM, database_url: str
+) -> None:
+    alice = uid()
+    room = await ai.room(alice, ai=True)
+    db = Database(database_url)
+    try:  # what a commit stored before its answer was lost: the message and its record at status 0
+        async with db.transaction() as s:
+            message_id = store.new_id("msg")
+            s.add(
+                Message(
+                    message_id=message_id,
+                    session_id=room,
+                    seq=1,
+                    from_user_id=alice,
+                    msg_content="hi",
+                    client_msg_id="c-lost",
+                )
+            )
+            await s.execute(update(ChatSession).where(ChatSession.session_id == room).values(last_seq=1))
+            record_id = await store.create_record(s, room, message_id, "fake-model")
+    finally:
+        await db.dispose()
+    async with ai.ws(alice) as ws:
+        again = await ai.post("/message/send", alice, {"session_id": room, "content": "hi", "client_msg_id": "c-lost"})
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        assert again.json()["ai_record_id"] == record_id
+        _, final = await reply_frames(ws, record_id)
+    assert final["type"] == "ai_reply" and final["content"] == fake_llm.text()
+    assert (await record(ai, alice, record_id))["status"] == 1
