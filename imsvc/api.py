@@ -105,22 +105,19 @@ async def list_messages(request: Request) -> Response:
     user_id = user_of(request)
     query = validate(ListQuery, dict(request.query_params))
     async with services(request).db.reader() as s:
-        await store.require_member(s, query.session_id, user_id)
-        total = await store.message_count(s, query.session_id)
+        total = await store.readable_last_seq(s, query.session_id, user_id)
         if query.before_seq is not None or query.after_seq is not None:
             limit = query.limit or DEFAULT_KEYSET_LIMIT
             if query.before_seq is not None:
                 rows, has_more = await store.before_seq(s, query.session_id, query.before_seq, limit)
             else:
                 rows, has_more = await store.after_seq(s, query.session_id, query.after_seq or 0, limit)
-            page = MessagePage(
-                messages=[message_out(m) for m in rows], total=total, page=None, page_size=limit, has_more=has_more
-            )
+            page = MessagePage(messages=rows, total=total, page=None, page_size=limit, has_more=has_more)
             return render(page)
         number, size = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
         rows = await store.page_newest_first(s, query.session_id, number, size)
     page = MessagePage(
-        messages=[message_out(m) for m in rows],
+        messages=rows,
         total=total,
         page=number,
         page_size=size,

@@ -9,10 +9,10 @@ from imsvc.db import Database
 from imsvc.errors import NotFound, RateLimited, ValidationFailed
 from imsvc.events import Event
 from imsvc.hub import Connection
-from imsvc.models import ChatSession, Message, RecordStatus
+from imsvc.models import ChatSession, RecordStatus
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
-from imsvc.schemas import FrameId, message_out, sent_frame
+from imsvc.schemas import FrameId, MessageOut, message_out, sent_frame
 from imsvc.sequencer import Added, AddMember, Send, Sequencer, Stored
 
 SYNC_LIMIT = 200
@@ -116,7 +116,7 @@ class Chat:
         async with self._db.reader() as s:
             return await store.session_ids_of(s, user_id)
 
-    async def history_after(self, user_id: str, session_id: str, after_seq: int) -> tuple[list[Message], bool]:
+    async def history_after(self, user_id: str, session_id: str, after_seq: int) -> tuple[list[MessageOut], bool]:
         async with self._db.reader() as s:
-            await store.require_member(s, session_id, user_id)
+            await store.readable_last_seq(s, session_id, user_id)
             return await store.after_seq(s, session_id, after_seq, SYNC_LIMIT)

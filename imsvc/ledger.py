@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember
-from imsvc.schemas import MessageOut
+from imsvc.schemas import MessageOut, message_out
 
 sessions = cast(Table, ChatSession.__table__)
 members = cast(Table, SessionMember.__table__)
@@ -70,10 +70,6 @@ class RecordOutcome:
     error_message: str | None
 
 
-def row_out(row: Any) -> MessageOut:
-    return MessageOut.model_validate(row, from_attributes=True)
-
-
 async def originals(c: AsyncConnection, keys: Iterable[ClientKey]) -> dict[ClientKey, Original]:
     wanted = list(keys)
     if not wanted:
@@ -85,7 +81,7 @@ async def originals(c: AsyncConnection, keys: Iterable[ClientKey]) -> dict[Clien
             )
         )
     ).all()
-    found = {(r.session_id, r.from_user_id, r.client_msg_id): row_out(r) for r in rows}
+    found = {(r.session_id, r.from_user_id, r.client_msg_id): message_out(r) for r in rows}
     replies = await first_records(c, [m.message_id for m in found.values()])
     return {key: Original(message, *replies.get(message.message_id, (None, None))) for key, message in found.items()}
 

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Table, and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imsvc.errors import Conflict, Forbidden, Interrupted
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember, utcnow
+from imsvc.schemas import MessageOut, message_out
 
 
 def new_id(prefix: str) -> str:
-    """`prefix_` + UTC time to the microsecond + 64 random bits: sortable and collision-free under load."""
-    return f"{prefix}_{datetime.now(UTC):%Y%m%d%H%M%S%f}{secrets.token_hex(8)}"
+    """`prefix_` + UTC time to the microsecond + 64 random bits: sortable and collision-free under load.
+
+    The bits need not be secret (access goes by membership, not by knowing an id): the module's
+    generator, reseeded in every forked worker, costs no system call per id."""
+    return f"{prefix}_{datetime.now(UTC):%Y%m%d%H%M%S%f}{random.getrandbits(64):016x}"
 
 
 # Sessions and members
@@ -117,44 +122,56 @@ async def get_message(s: AsyncSession, message_id: str) -> Message | None:
     return await s.scalar(select(Message).where(Message.message_id == message_id))
 
 
-async def page_newest_first(s: AsyncSession, session_id: str, page: int, page_size: int) -> list[Message]:
-    result = await s.scalars(
-        select(Message)
-        .where(Message.session_id == session_id)
-        .order_by(Message.seq.desc())
+async def readable_last_seq(s: AsyncSession, session_id: str, user_id: str) -> int:
+    """The session's last_seq, for a member; Forbidden otherwise, whether or not the session exists."""
+    last: int | None = await s.scalar(
+        select(ChatSession.last_seq)
+        .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
+        .where(ChatSession.session_id == session_id, SessionMember.user_id == user_id)
+    )
+    if last is None:
+        raise Forbidden("not a member of this session")
+    return last
+
+
+# History pages read table rows (Core), not ORM objects: no identity map to fill for rows that are
+# only serialised.
+_MESSAGES = cast(Table, Message.__table__)
+
+
+async def page_newest_first(s: AsyncSession, session_id: str, page: int, page_size: int) -> list[MessageOut]:
+    rows = await s.execute(
+        select(_MESSAGES)
+        .where(_MESSAGES.c.session_id == session_id)
+        .order_by(_MESSAGES.c.seq.desc())
         .offset((page - 1) * page_size)
         .limit(page_size)
     )
-    return list(result)
+    return [message_out(row) for row in rows]
 
 
-async def before_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[Message], bool]:
+async def before_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[MessageOut], bool]:
     """Up to `limit` messages with seq < `seq`, newest first, and whether older ones remain."""
-    result = await s.scalars(
-        select(Message)
-        .where(Message.session_id == session_id, Message.seq < seq)
-        .order_by(Message.seq.desc())
+    rows = await s.execute(
+        select(_MESSAGES)
+        .where(_MESSAGES.c.session_id == session_id, _MESSAGES.c.seq < seq)
+        .order_by(_MESSAGES.c.seq.desc())
         .limit(limit + 1)
     )
-    rows = list(result)
-    return rows[:limit], len(rows) > limit
+    found = [message_out(row) for row in rows]
+    return found[:limit], len(found) > limit
 
 
-async def after_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[Message], bool]:
+async def after_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[MessageOut], bool]:
     """Up to `limit` messages with seq > `seq`, oldest first, and whether newer ones remain."""
-    result = await s.scalars(
-        select(Message)
-        .where(Message.session_id == session_id, Message.seq > seq)
-        .order_by(Message.seq)
+    rows = await s.execute(
+        select(_MESSAGES)
+        .where(_MESSAGES.c.session_id == session_id, _MESSAGES.c.seq > seq)
+        .order_by(_MESSAGES.c.seq)
         .limit(limit + 1)
     )
-    rows = list(result)
-    return rows[:limit], len(rows) > limit
-
-
-async def message_count(s: AsyncSession, session_id: str) -> int:
-    last: int | None = await s.scalar(select(ChatSession.last_seq).where(ChatSession.session_id == session_id))
-    return last or 0
+    found = [message_out(row) for row in rows]
+    return found[:limit], len(found) > limit
 
 
 async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limit: int) -> list[Message]:

@@ -28,7 +28,6 @@ from imsvc.schemas import (
     SendMessageFrame,
     SyncFrame,
     SyncResultFrame,
-    message_out,
 )
 from imsvc.services import Services, services
 
@@ -176,10 +175,7 @@ async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
                 )
             case SyncFrame():
                 rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
-                messages = [message_out(m) for m in rows]
-                conn.send(
-                    SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=messages, has_more=has_more)
-                )
+                conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=rows, has_more=has_more))
                 # No await since the query: the snapshots and the deltas after them leave no gap.
                 for snapshot in svc.replies.snapshots(frame.session_id):
                     conn.send(snapshot)
