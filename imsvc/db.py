@@ -36,7 +36,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True)
+    # No pre-ping: it is a round trip per checkout. A connection the database dropped fails its first
+    # statement (503 not_ready), and that disconnect invalidates every older connection of the pool.
+    return create_async_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
 
 
 class Database:
@@ -49,6 +51,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads run in autocommit: no BEGIN and ROLLBACK round trips around a history page.
+        self._reads = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._writer: AsyncConnection | None = None
@@ -84,7 +90,8 @@ class Database:
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as session:
+        """A session for reads only: each statement sees what is committed when it runs."""
+        async with self._reads() as session:
             yield session
 
     async def ping(self) -> None:
