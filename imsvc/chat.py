@@ -4,6 +4,7 @@ start the replies that a stored message asks for."""
 from __future__ import annotations
 
 from imsvc import store
+from imsvc.batch import Added, AddMember, Send, Stored
 from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import NotFound, RateLimited, ValidationFailed
@@ -13,7 +14,7 @@ from imsvc.models import ChatSession, RecordStatus
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
 from imsvc.schemas import FrameId, MessageOut, message_out, sent_frame
-from imsvc.sequencer import Added, AddMember, Send, Sequencer, Stored
+from imsvc.sequencer import Sequencer
 
 SYNC_LIMIT = 200
 

@@ -13,6 +13,7 @@ the embedded default, takes the same steps in portable Core.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from imsvc.changes import Target
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember
 from imsvc.schemas import MessageOut, message_out
 
@@ -169,7 +171,8 @@ async def append_rows(
 ) -> list[int]:
     """Insert message rows (every column but `id`) and move their sessions' `last_seq`; the rows' ids, in order."""
     if _postgres(c):  # one statement, one round trip
-        params: dict[str, Any] = {name: [row[name] for row in rows] for name in _MESSAGE_COLUMNS}
+        params: dict[str, Any] = {name: [row.get(name) for row in rows] for name in _MESSAGE_COLUMNS}
+        params["data"] = [json.dumps(d) if d is not None else None for d in params["data"]]
         params |= {"adv_sid": list(last_seqs), "adv_seq": list(last_seqs.values()), "now": now}
         ids = {r.message_id: r.id for r in await c.execute(_PG_APPEND, params)}
         return [ids[row["message_id"]] for row in rows]
@@ -230,6 +233,60 @@ async def finish_records(
     )
 
 
+async def targets(c: AsyncConnection, message_ids: Iterable[str]) -> dict[str, Target]:
+    """The messages that changes point at, as they are stored now (their sessions are locked)."""
+    wanted = list(set(message_ids))
+    if not wanted:
+        return {}
+    rows = await c.execute(select(messages).where(messages.c.message_id.in_(wanted)))
+    return {
+        r.message_id: Target(
+            id=r.id,
+            message_id=r.message_id,
+            session_id=r.session_id,
+            seq=r.seq,
+            from_user_id=r.from_user_id,
+            msg_type=r.msg_type,
+            msg_content=r.msg_content,
+            client_msg_id=r.client_msg_id,
+            created_at=r.created_at,
+            target_message_id=r.target_message_id,
+            data=r.data,
+            edited_at=r.edited_at,
+            deleted_at=r.deleted_at,
+            reactions=dict(r.reactions or {}),
+        )
+        for r in rows
+    }
+
+
+async def fold_targets(c: AsyncConnection, folded: Sequence[Target], now: datetime) -> None:
+    """Write back the folded state of the messages a batch changed."""
+    if not folded:
+        return
+    await c.execute(
+        update(messages)
+        .where(messages.c.message_id == bindparam("mid"))
+        .values(
+            msg_content=bindparam("content"),
+            edited_at=bindparam("edited"),
+            deleted_at=bindparam("deleted"),
+            reactions=bindparam("reactions"),
+            updated_at=now,
+        ),
+        [
+            {
+                "mid": t.message_id,
+                "content": t.msg_content,
+                "edited": t.edited_at,
+                "deleted": t.deleted_at,
+                "reactions": t.reactions or None,
+            }
+            for t in folded
+        ],
+    )
+
+
 async def stored(c: AsyncConnection, message_ids: list[str]) -> int:
     """How many of these messages exist: after a commit whose answer was lost, whether it happened."""
     rows = await c.execute(select(messages.c.message_id).where(messages.c.message_id.in_(message_ids)))
@@ -260,6 +317,8 @@ _MESSAGE_COLUMNS = (
     "client_msg_id",
     "created_at",
     "updated_at",
+    "target_message_id",
+    "data",
 )
 _PG_LOCK = text(
     "SELECT session_id, last_seq, ai_enabled FROM sessions"
@@ -275,9 +334,10 @@ _PG_APPEND = text(
     " FROM unnest(CAST(:adv_sid AS TEXT[]), CAST(:adv_seq AS BIGINT[])) AS w(sid, seq)"
     " WHERE sessions.session_id = w.sid RETURNING 1)"
     " INSERT INTO messages (message_id, session_id, seq, from_user_id, msg_type, msg_content, client_msg_id,"
-    " created_at, updated_at)"
+    " created_at, updated_at, target_message_id, data)"
     " SELECT * FROM unnest(CAST(:message_id AS TEXT[]), CAST(:session_id AS TEXT[]), CAST(:seq AS BIGINT[]),"
     " CAST(:from_user_id AS TEXT[]), CAST(:msg_type AS TEXT[]), CAST(:msg_content AS TEXT[]),"
-    " CAST(:client_msg_id AS TEXT[]), CAST(:created_at AS TIMESTAMPTZ[]), CAST(:updated_at AS TIMESTAMPTZ[]))"
+    " CAST(:client_msg_id AS TEXT[]), CAST(:created_at AS TIMESTAMPTZ[]), CAST(:updated_at AS TIMESTAMPTZ[]),"
+    " CAST(:target_message_id AS TEXT[]), CAST(:data AS JSON[]))"
     " RETURNING message_id, id"
 )

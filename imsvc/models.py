@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -98,6 +100,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "seq"),
         UniqueConstraint("session_id", "from_user_id", "client_msg_id"),
+        Index("ix_messages_session_type_seq", "session_id", "msg_type", "seq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -110,6 +113,12 @@ class Message(Base):
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # SPEC §10: a change row names its target; the target is folded (edited, deleted, reacted to).
+    target_message_id: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reactions: Mapped[dict[str, list[str]] | None] = mapped_column(JSON)  # emoji → user ids, in order
 
 
 class AIChatRecord(Base):

@@ -95,14 +95,40 @@ class MessageOut(BaseModel):
     msg_content: str
     client_msg_id: str | None
     created_at: UtcTime
+    target_message_id: str | None = None
+    data: dict[str, Any] | None = None
+    edited_at: UtcTime | None = None
+    deleted: bool = False
+    reactions: dict[str, list[str]] = {}
+
+
+_STORED = ("id", "message_id", "session_id", "seq", "from_user_id", "msg_type", "msg_content", "client_msg_id")
 
 
 def message_out(message: object) -> MessageOut:
-    """The message object of every answer and frame, from a stored message (an ORM object or a Core row).
+    """The message object of every answer and frame, from a stored row (an ORM object, a Core row, or
+    anything with the columns as attributes), in its folded state (SPEC §10).
 
     Constructed without validation: the values come from the database's typed columns, and
     validating every row of a history page cost more than reading it."""
-    return MessageOut.model_construct(**{name: getattr(message, name) for name in MessageOut.model_fields})
+    values = {name: getattr(message, name) for name in _STORED}
+    reactions = getattr(message, "reactions", None)
+    return MessageOut.model_construct(
+        **values,
+        created_at=getattr(message, "created_at"),  # noqa: B009 - one way for all three kinds of row
+        target_message_id=getattr(message, "target_message_id", None),
+        data=getattr(message, "data", None),
+        edited_at=getattr(message, "edited_at", None),
+        deleted=getattr(message, "deleted_at", None) is not None,
+        reactions=dict(reactions) if reactions and values["msg_type"] == "TEXT" else {},
+    )
+
+
+class ChangeOut(MessageOut):
+    """The answer to an edit, a delete or a reaction: the target as it is now, and the change's own row
+    (null when nothing changed)."""
+
+    event: MessageOut | None
 
 
 class SentMessageOut(MessageOut):

@@ -77,6 +77,9 @@ async def test_member_added_while_connected_receives_from_then_on(server: LiveSe
     async with server.ws(bob) as ws:
         r = await server.post(f"/sessions/{room}/members", alice, {"user_id": bob})
         assert r.status_code == 201
+        added = await ws.recv()  # the MEMBER event that adds him (SPEC §10)
+        assert added["type"] == "new_message" and added["message"]["msg_type"] == "MEMBER"
+        assert added["message"]["seq"] == 2 and added["message"]["data"]["user_id"] == bob
         sent = await server.send(alice, room, "welcome")
         frame = await ws.recv()
         assert frame["type"] == "new_message" and frame["message"]["message_id"] == sent["message_id"]

@@ -467,11 +467,13 @@ async def test_a_member_added_mid_reply_receives_the_rest(ai: LiveServer, fake_l
         sent = await ai.send(alice, room, "go on")
         await a.recv_type("ai_reply_delta")
         assert (await ai.post(f"/sessions/{room}/members", alice, {"user_id": bob})).status_code == 201
+        added = await b.recv()
+        assert added["type"] == "new_message" and added["message"]["msg_type"] == "MEMBER"
         delta = await b.recv()
         assert delta["type"] == "ai_reply_delta" and delta["record_id"] == sent["ai_record_id"]
         sync = await b.request({"type": "sync", "session_id": room, "after_seq": 0})
         snapshot = await b.recv_type("ai_reply_snapshot")
-        assert [m["seq"] for m in sync["messages"]] == [1] and snapshot["record_id"] == sent["ai_record_id"]
+        assert [m["seq"] for m in sync["messages"]] == [1, 2] and snapshot["record_id"] == sent["ai_record_id"]
         _, final = await reply_frames(b, sent["ai_record_id"])
         assert final["type"] == "ai_reply" and final["content"] == fake_llm.text()
         assert (await reply_frames(a, sent["ai_record_id"]))[1] == final  # (read, or closing a waits its timeout)

@@ -13,6 +13,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from imsvc import store
+from imsvc.batch import AddMember, ReplyEnd, Send, Stored
 from imsvc.bus import MemoryBus
 from imsvc.db import Database
 from imsvc.errors import Forbidden
@@ -21,7 +22,7 @@ from imsvc.hub import Connection, Hub
 from imsvc.ledger import RecordOutcome
 from imsvc.metrics import Metrics
 from imsvc.models import Message, RecordStatus
-from imsvc.sequencer import AddMember, ReplyEnd, Send, Sequencer, Stored
+from imsvc.sequencer import Sequencer
 from tests.helpers import uid
 
 
@@ -142,8 +143,10 @@ async def test_a_member_added_in_the_batch_that_concludes_a_reply_receives_its_e
     await asyncio.gather(rig.sequencer.add_member(AddMember(room, alice, bob)), rig.sequencer.end_reply(end))
     conn.close(1000)
     await asyncio.wait_for(sender, 5)
-    assert [f["type"] for f in socket.frames] == ["ai_reply"]
-    assert socket.frames[0]["content"] == text and socket.frames[0]["record_id"] == record_id
+    added, final = socket.frames  # bob's own MEMBER event, then the reply's end
+    assert added["type"] == "new_message" and added["message"]["msg_type"] == "MEMBER"
+    assert added["message"]["data"] == {"user_id": bob, "action": "added", "role": "member"}
+    assert final["type"] == "ai_reply" and final["content"] == text and final["record_id"] == record_id
 
 
 async def test_events_name_their_session_and_seq_and_cross_a_process_within_8000_bytes(rig: Rig) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from imsvc import store
+from imsvc.batch import ReplyEnd
 from imsvc.bus import Bus
 from imsvc.context import build_context
 from imsvc.db import Database
@@ -41,7 +42,7 @@ from imsvc.schemas import (
     ServerFrame,
     final_reply_frame,
 )
-from imsvc.sequencer import ReplyEnd, Sequencer
+from imsvc.sequencer import Sequencer
 from imsvc.settings import Settings
 
 log = get_logger(__name__)

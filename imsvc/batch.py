@@ -1,0 +1,338 @@
+"""One group commit: the ops waiting at the sequencer, checked, numbered and written in one transaction.
+
+Each op becomes an item with a result (or an error of its own) and, when it stores a row, that
+row's `seq` and the event to publish. Changes to one message within a batch are folded one after
+the other, on the state each leaves, exactly as replaying their rows in seq order would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imsvc import changes, ledger
+from imsvc.changes import Kind, Target
+from imsvc.errors import Forbidden, ImsvcError, NotFound
+from imsvc.events import Event
+from imsvc.ledger import Original, RecordOutcome
+from imsvc.models import RecordStatus
+from imsvc.schemas import ErrorDetail, FrameId, MessageOut, NewMessageFrame, final_reply_frame, message_out
+from imsvc.store import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A user's message. `reply_model`: start a reply (a record at status 0) if the session has the assistant."""
+
+    session_id: str
+    author: str
+    content: str
+    client_msg_id: str | None = None
+    reply_model: str | None = None
+    origin: str | None = None
+    ref: FrameId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An edit (`value`: the new text), a delete, or a reaction added or removed (`value`: the emoji)."""
+
+    kind: Kind
+    session_id: str
+    actor: str
+    message_id: str
+    value: str = ""
+    client_msg_id: str | None = None
+    origin: str | None = None
+    ref: FrameId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddMember:
+    """Any member may add a user; a `MEMBER` event tells everyone, the added user's sockets included."""
+
+    session_id: str
+    actor: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnd:
+    """An AI reply's outcome: its text stored as the assistant's message (when there is any), its record closed."""
+
+    session_id: str
+    record_id: str
+    user_message_id: str
+    author: str
+    text: str
+    outcome: RecordOutcome
+    error: ImsvcError | None = None  # None: the reply ended (`ai_reply`); else `ai_reply_error` with this code
+
+
+Op = Send | Change | AddMember | ReplyEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    message: MessageOut
+    duplicate: bool
+    record_id: str | None = None
+    record_status: RecordStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The target as it is now; the change's row (None when nothing changed); whether it repeats a client_msg_id."""
+
+    target: MessageOut
+    event: MessageOut | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    session_id: str
+    user_id: str
+    role: str
+    joined_at: datetime
+    created: bool
+
+
+Result = Stored | Changed | Added | MessageOut | None
+
+
+@dataclass(slots=True)
+class Item:
+    op: Op
+    future: asyncio.Future[Any]
+    result: Result = None
+    error: Exception | None = None
+    same_as: Item | None = None  # a retry (same client_msg_id) of an earlier item of this batch
+    row: dict[str, Any] | None = None  # the event row it stores
+    record_id: str | None = None
+    target: Target | None = None
+    joined: tuple[str, ...] = ()
+
+    def reset(self) -> None:
+        self.result = self.error = self.same_as = self.row = self.record_id = self.target = None
+        self.joined = ()
+
+
+def client_key(op: Op) -> tuple[str, str, str] | None:
+    if isinstance(op, Send) and op.client_msg_id is not None:
+        return (op.session_id, op.author, op.client_msg_id)
+    if isinstance(op, Change) and op.client_msg_id is not None:
+        return (op.session_id, op.actor, op.client_msg_id)
+    return None
+
+
+def actor_of(op: Op) -> str | None:
+    if isinstance(op, Send):
+        return op.author
+    if isinstance(op, Change | AddMember):
+        return op.actor
+    return None
+
+
+@dataclass(slots=True)
+class Batch:
+    items: list[Item]
+    now: datetime
+    rows: list[Item] = field(default_factory=list)  # items that store a row, in seq order
+    records: list[dict[str, Any]] = field(default_factory=list)
+    ends: list[tuple[str, str | None, RecordOutcome]] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    last_seqs: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    _first_of: dict[tuple[str, str, str], Item] = field(default_factory=dict)
+
+    async def store(self, c: AsyncConnection) -> None:
+        """Check, number and write every item (the caller commits)."""
+        ops = [item.op for item in self.items]
+        found = await ledger.originals(c, {key for op in ops if (key := client_key(op)) is not None})
+        state = await ledger.lock_sessions(c, (op.session_id for op in ops))
+        owners: dict[str, str] = {}
+        for op in ops:
+            if isinstance(op, Send) and op.session_id not in state:
+                owners.setdefault(op.session_id, op.author)
+        created = set(await ledger.create_sessions(c, owners, self.now))
+        if owners:
+            state |= await ledger.lock_sessions(c, owners)
+        pairs = {(op.session_id, who) for op in ops if (who := actor_of(op)) is not None}
+        pairs |= {(op.session_id, op.user_id) for op in ops if isinstance(op, AddMember)}
+        roles = await ledger.memberships(c, pairs)
+        wanted = {op.message_id for op in ops if isinstance(op, Change)}
+        wanted |= {o.message.target_message_id for o in found.values() if o.message.target_message_id}
+        self.targets = await ledger.targets(c, wanted)
+        self.last_seqs = {sid: s.last_seq for sid, s in state.items()}
+        ai_enabled = {sid: s.ai_enabled for sid, s in state.items()}
+
+        for item in self.items:
+            op = item.op
+            key = client_key(op)
+            if key is not None and key in found:
+                item.result = self._repeat(found[key])
+            elif key is not None and key in self._first_of:
+                item.same_as = self._first_of[key]
+            elif (op.session_id, actor_of(op)) not in roles and not isinstance(op, ReplyEnd):
+                item.error = (
+                    NotFound("no such message") if isinstance(op, Change) else Forbidden("not a member of this session")
+                )
+            else:
+                if key is not None:
+                    self._first_of[key] = item
+                try:
+                    self._plan(item, roles, created, owners, ai_enabled)
+                except ImsvcError as exc:
+                    item.error = exc
+
+        if self.rows:
+            rows = [item.row for item in self.rows if item.row is not None]
+            advanced = {sid: self.last_seqs[sid] for sid in {row["session_id"] for row in rows}}
+            for row, row_id in zip(rows, await ledger.append_rows(c, rows, advanced, self.now), strict=True):
+                row["id"] = row_id
+        await ledger.insert_members(c, self.members)
+        await ledger.insert_records(c, self.records)
+        await ledger.finish_records(c, self.ends, self.now)
+        await ledger.fold_targets(c, [t for t in self.targets.values() if t.touched], self.now)
+
+    def _plan(
+        self,
+        item: Item,
+        roles: dict[tuple[str, str], ledger.Membership],
+        created: set[str],
+        owners: dict[str, str],
+        ai_enabled: dict[str, bool],
+    ) -> None:
+        op = item.op
+        if isinstance(op, Send):
+            if op.session_id in created and op.author == owners[op.session_id]:
+                created.discard(op.session_id)  # its first message tells the hub who is in it
+                item.joined = (op.author,)
+            self._add_row(item, op.session_id, op.author, Kind.TEXT, op.content, op.client_msg_id)
+            if op.reply_model is not None and ai_enabled[op.session_id]:
+                assert item.row is not None
+                item.record_id = new_id("record")
+                self.records.append(_new_record(item.record_id, op, item.row["message_id"], self.now))
+        elif isinstance(op, Change):
+            target = self.targets.get(op.message_id)
+            if target is None or target.session_id != op.session_id:
+                raise NotFound("no such message")
+            item.target = target
+            is_owner = roles[(op.session_id, op.actor)].role == "owner"
+            if changes.apply(op.kind, target, op.actor, is_owner, op.value, self.now):
+                self._add_row(item, op.session_id, op.actor, op.kind, op.value, op.client_msg_id, op.message_id)
+            else:
+                item.result = Changed(message_out(target), None)
+        elif isinstance(op, AddMember):
+            present = roles.get((op.session_id, op.user_id))
+            if present is not None:
+                item.result = Added(op.session_id, op.user_id, present.role, present.joined_at, False)
+                return
+            roles[(op.session_id, op.user_id)] = ledger.Membership("member", self.now)
+            self.members.append(
+                {"session_id": op.session_id, "user_id": op.user_id, "role": "member", "joined_at": self.now}
+            )
+            data = {"user_id": op.user_id, "action": "added", "role": "member"}
+            self._add_row(item, op.session_id, op.actor, Kind.MEMBER, "", None, data=data)
+            item.result = Added(op.session_id, op.user_id, "member", self.now, True)
+            item.joined = (op.user_id,)
+        else:
+            if op.text:
+                self._add_row(item, op.session_id, op.author, Kind.TEXT, op.text, None)
+            self.ends.append((op.record_id, item.row["message_id"] if item.row else None, op.outcome))
+
+    def _add_row(
+        self,
+        item: Item,
+        session_id: str,
+        author: str,
+        kind: Kind,
+        content: str,
+        client_msg_id: str | None,
+        target_message_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        seq = self.last_seqs[session_id] + 1
+        self.last_seqs[session_id] = seq
+        item.row = {
+            "message_id": new_id("msg"),
+            "session_id": session_id,
+            "seq": seq,
+            "from_user_id": author,
+            "msg_type": str(kind),
+            "msg_content": content,
+            "client_msg_id": client_msg_id,
+            "created_at": self.now,
+            "updated_at": self.now,
+            "target_message_id": target_message_id,
+            "data": data,
+        }
+        self.rows.append(item)
+
+    def _repeat(self, original: Original) -> Stored | Changed:
+        """The answer to a repeated client_msg_id: what the first attempt made."""
+        message = original.message
+        if message.target_message_id is None:
+            return Stored(message, True, original.record_id, original.record_status)
+        target = self.targets.get(message.target_message_id)
+        return Changed(message_out(target) if target is not None else message, message, duplicate=True)
+
+    def outcome(self, item: Item) -> tuple[Result, Exception | None, Event | None]:
+        """After the commit: the item's result or error, and the event to publish."""
+        if item.same_as is not None:
+            first = item.same_as
+            if first.error is not None or (first.row is None and first.result is None):
+                return None, first.error or RuntimeError("the original failed"), None
+            return _repeated(self.outcome(first)[0]), None, None
+        if item.error is not None or (item.result is not None and item.row is None):
+            return item.result, item.error, None
+        op = item.op
+        message = message_out(SimpleNamespace(**item.row)) if item.row is not None else None
+        if isinstance(op, Send):
+            assert message is not None
+            status = RecordStatus.PROCESSING if item.record_id else None
+            event = Event(op.session_id, NewMessageFrame(message=message), message.seq, op.origin, op.ref, item.joined)
+            return Stored(message, False, item.record_id, status), None, event
+        if isinstance(op, Change):
+            assert message is not None and item.target is not None
+            event = Event(op.session_id, NewMessageFrame(message=message), message.seq, op.origin, op.ref)
+            return Changed(message_out(item.target), message), None, event
+        if isinstance(op, AddMember):
+            assert message is not None
+            return (
+                item.result,
+                None,
+                Event(op.session_id, NewMessageFrame(message=message), message.seq, joined=item.joined),
+            )
+        error = ErrorDetail(code=op.error.code, message=op.error.message) if op.error else None
+        frame = final_reply_frame(
+            op.record_id, op.session_id, op.user_message_id, op.text, message, op.outcome.finish_reason, error
+        )
+        return message, None, Event(op.session_id, frame, message.seq if message else None)
+
+
+def _repeated(result: Result) -> Result:
+    if isinstance(result, Stored):
+        return Stored(result.message, True, result.record_id, result.record_status)
+    if isinstance(result, Changed):
+        return Changed(result.target, result.event, duplicate=True)
+    return result
+
+
+def _new_record(record_id: str, op: Send, message_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "record_id": record_id,
+        "session_id": op.session_id,
+        "user_message_id": message_id,
+        "request_content": "",
+        "status": int(RecordStatus.PROCESSING),
+        "model": op.reply_model,
+        "created_at": now,
+        "updated_at": now,
+    }
