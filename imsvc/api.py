@@ -14,12 +14,17 @@ from starlette.routing import Route
 
 from imsvc import __version__, store
 from imsvc.auth import bearer, mint_token, verify_token
+from imsvc.changes import Kind
 from imsvc.errors import InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
 from imsvc.openapi import document as openapi_document
 from imsvc.schemas import (
     AddMemberIn,
+    ChangeOut,
+    ChangeQuery,
     CreateSessionIn,
     DevTokenIn,
+    EditIn,
+    EmojiPath,
     HealthOut,
     ListQuery,
     MemberOut,
@@ -104,26 +109,48 @@ async def get_message(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     user_id = user_of(request)
     query = validate(ListQuery, dict(request.query_params))
+    text_only = query.types == "text"
     async with services(request).db.reader() as s:
         total = await store.readable_last_seq(s, query.session_id, user_id)
-        if query.before_seq is not None or query.after_seq is not None:
+        if query.before_seq is not None:
             limit = query.limit or DEFAULT_KEYSET_LIMIT
-            if query.before_seq is not None:
-                rows, has_more = await store.before_seq(s, query.session_id, query.before_seq, limit)
-            else:
-                rows, has_more = await store.after_seq(s, query.session_id, query.after_seq or 0, limit)
-            page = MessagePage(messages=rows, total=total, page=None, page_size=limit, has_more=has_more)
-            return render(page)
-        number, size = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
-        rows = await store.page_newest_first(s, query.session_id, number, size)
-    page = MessagePage(
-        messages=rows,
-        total=total,
-        page=number,
-        page_size=size,
-        has_more=number * size < total,
-    )
+            rows, has_more = await store.before_seq(s, query.session_id, query.before_seq, limit, text_only)
+        elif query.after_seq is not None:
+            limit = query.limit or DEFAULT_KEYSET_LIMIT
+            rows, has_more = await store.after_seq(s, query.session_id, query.after_seq, limit, text_only)
+        else:
+            number, limit = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
+            rows, has_more = await store.page_newest_first(s, query.session_id, number, limit, text_only)
+    keyset = query.before_seq is not None or query.after_seq is not None
+    page = MessagePage(messages=rows, total=total, page=None if keyset else number, page_size=limit, has_more=has_more)
     return render(page)
+
+
+async def change(request: Request, kind: Kind, value: str = "", client_msg_id: str | None = None) -> Response:
+    user_id = user_of(request)
+    message_id = request.path_params["message_id"]
+    changed = await services(request).chat.change(user_id, kind, message_id, value, client_msg_id)
+    return render(ChangeOut(**changed.target.model_dump(), event=changed.event))
+
+
+async def edit_message(request: Request) -> Response:
+    user_of(request)
+    body = await read_json(request, EditIn)
+    return await change(request, Kind.EDIT, body.content, body.client_msg_id)
+
+
+async def delete_message(request: Request) -> Response:
+    user_of(request)
+    query = validate(ChangeQuery, dict(request.query_params))
+    return await change(request, Kind.DELETE, client_msg_id=query.client_msg_id)
+
+
+async def react(request: Request) -> Response:
+    user_of(request)
+    query = validate(ChangeQuery, dict(request.query_params))
+    emoji = validate(EmojiPath, {"emoji": request.path_params["emoji"]}).emoji
+    kind = Kind.REACT if request.method == "PUT" else Kind.UNREACT
+    return await change(request, kind, emoji, query.client_msg_id)
 
 
 def session_out(session: Any, role: str | None, last: Any) -> SessionOut:
@@ -200,6 +227,9 @@ def routes(dev_mode: bool) -> list[Route]:
         Route("/message/send", send_message, methods=["POST"]),
         Route("/message/list", list_messages, methods=["GET"]),  # before /message/{message_id}
         Route("/message/{message_id}", get_message, methods=["GET"]),
+        Route("/message/{message_id}", edit_message, methods=["PATCH"]),
+        Route("/message/{message_id}", delete_message, methods=["DELETE"]),
+        Route("/message/{message_id}/reactions/{emoji}", react, methods=["PUT", "DELETE"]),
         Route("/sessions", create_session, methods=["POST"]),
         Route("/sessions", list_sessions, methods=["GET"]),
         Route("/sessions/{session_id}/members", add_member, methods=["POST"]),

@@ -4,8 +4,9 @@ start the replies that a stored message asks for."""
 from __future__ import annotations
 
 from imsvc import store
-from imsvc.batch import Added, AddMember, Send, Stored
+from imsvc.batch import Added, AddMember, Change, Changed, Send, Stored
 from imsvc.bus import Bus
+from imsvc.changes import Kind
 from imsvc.db import Database
 from imsvc.errors import NotFound, RateLimited, ValidationFailed
 from imsvc.events import Event
@@ -76,6 +77,37 @@ class Chat:
             # Its first attempt stored it but never heard so (a lost commit answer): the reply starts now.
             await self._replies.start(stored.record_id, stored.message)
         return stored
+
+    async def change(
+        self,
+        user_id: str,
+        kind: Kind,
+        message_id: str,
+        value: str = "",
+        client_msg_id: str | None = None,
+        origin: Connection | None = None,
+        ref: FrameId | None = None,
+    ) -> Changed:
+        """Edit, delete, react or unreact (SPEC §10); the sending socket gets `message_sent`."""
+        async with self._db.reader() as s:
+            target = await store.get_message(s, message_id)
+            if target is None or await store.member_role(s, target.session_id, user_id) is None:
+                raise NotFound("no such message")
+        wait = self._limiter.take(user_id)
+        if wait is not None:
+            raise RateLimited(wait)
+        origin_id = origin.id if origin is not None else None
+        op = Change(kind, target.session_id, user_id, message_id, value, client_msg_id, origin_id, ref)
+        try:
+            changed = await self._sequencer.change(op)
+        except Exception:
+            self._limiter.give_back(user_id)
+            raise
+        if changed.event is None or changed.duplicate:
+            self._limiter.give_back(user_id)  # nothing new was stored
+            if origin is not None:
+                origin.send(sent_frame(changed.event or changed.target, ref, duplicate=True))
+        return changed
 
     async def _original(self, user_id: str, session_id: str, client_msg_id: str | None) -> Stored | None:
         if client_msg_id is None:

@@ -11,8 +11,11 @@ from pydantic.json_schema import models_json_schema
 from imsvc import __version__
 from imsvc.schemas import (
     AddMemberIn,
+    ChangeOut,
+    ChangeQuery,
     CreateSessionIn,
     DevTokenIn,
+    EditIn,
     ErrorOut,
     HealthOut,
     ListQuery,
@@ -66,6 +69,42 @@ OPERATIONS = [
     ),
     Operation(
         "get", "/message/{message_id}", "One message", {200: MessageOut}, errors=(401, 404), path_params=("message_id",)
+    ),
+    Operation(
+        "patch",
+        "/message/{message_id}",
+        "Edit a message (its author; SPEC §10)",
+        {200: ChangeOut},
+        body=EditIn,
+        errors=(400, 401, 403, 404, 409, 413, 422, 429),
+        path_params=("message_id",),
+    ),
+    Operation(
+        "delete",
+        "/message/{message_id}",
+        "Delete a message (its author, or the session's owner)",
+        {200: ChangeOut},
+        query=ChangeQuery,
+        errors=(401, 403, 404, 422, 429),
+        path_params=("message_id",),
+    ),
+    Operation(
+        "put",
+        "/message/{message_id}/reactions/{emoji}",
+        "Add a reaction (any member)",
+        {200: ChangeOut},
+        query=ChangeQuery,
+        errors=(401, 404, 409, 422, 429),
+        path_params=("message_id", "emoji"),
+    ),
+    Operation(
+        "delete",
+        "/message/{message_id}/reactions/{emoji}",
+        "Remove one's reaction",
+        {200: ChangeOut},
+        query=ChangeQuery,
+        errors=(401, 404, 409, 422, 429),
+        path_params=("message_id", "emoji"),
     ),
     Operation(
         "post",

@@ -17,7 +17,14 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _emoji(value: str) -> str:
+    if any(ch.isspace() for ch in value):
+        raise ValueError("an emoji has no whitespace")
+    return value
+
+
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Emoji = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_emoji)]
 Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT), AfterValidator(_not_blank)]
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=64)]
 ObjectId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -53,12 +60,26 @@ class DevTokenIn(Body):
     user_id: Identifier
 
 
+class EditIn(Body):
+    content: Content
+    client_msg_id: ClientMsgId | None = None
+
+
+class ChangeQuery(Body):
+    client_msg_id: ClientMsgId | None = None
+
+
+class EmojiPath(Body):
+    emoji: Emoji
+
+
 class RegenerateIn(Body):
     message_id: ObjectId
 
 
 class ListQuery(Body):
     session_id: Identifier
+    types: Literal["text", "all"] = "text"  # TEXT rows only, or every event (SPEC §10)
     page: Annotated[int, Field(ge=1)] | None = None
     page_size: Annotated[int, Field(ge=1, le=100)] | None = None
     before_seq: Annotated[int, Field(ge=0)] | None = None
@@ -242,9 +263,47 @@ class PingFrame(ClientFrame):
     type: Literal["ping"]
 
 
-Inbound = SendMessageFrame | AiCancelFrame | SyncFrame | PingFrame
+class EditMessageFrame(ClientFrame):
+    type: Literal["edit_message"]
+    message_id: ObjectId
+    content: Content
+    client_msg_id: ClientMsgId | None = None
+
+
+class DeleteMessageFrame(ClientFrame):
+    type: Literal["delete_message"]
+    message_id: ObjectId
+    client_msg_id: ClientMsgId | None = None
+
+
+class ReactFrame(ClientFrame):
+    type: Literal["react"]
+    message_id: ObjectId
+    emoji: Emoji
+    client_msg_id: ClientMsgId | None = None
+
+
+class UnreactFrame(ClientFrame):
+    type: Literal["unreact"]
+    message_id: ObjectId
+    emoji: Emoji
+    client_msg_id: ClientMsgId | None = None
+
+
+Inbound = (
+    SendMessageFrame
+    | AiCancelFrame
+    | SyncFrame
+    | PingFrame
+    | EditMessageFrame
+    | DeleteMessageFrame
+    | ReactFrame
+    | UnreactFrame
+)
 InboundFrame = Annotated[Inbound, Field(discriminator="type")]
-INBOUND_TYPES = frozenset({"send_message", "ai_cancel", "sync", "ping"})
+INBOUND_TYPES = frozenset(
+    {"send_message", "ai_cancel", "sync", "ping", "edit_message", "delete_message", "react", "unreact"}
+)
 
 
 # WebSocket frames, server to client

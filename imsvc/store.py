@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import ScalarSelect, Select, Table, and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
+from imsvc.changes import Kind
 from imsvc.errors import Conflict, Forbidden, Interrupted
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember, utcnow
 from imsvc.schemas import MessageOut, message_out
@@ -101,7 +103,7 @@ async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[t
     rows = await s.execute(
         select(ChatSession, SessionMember.role, Message)
         .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
-        .outerjoin(Message, and_(Message.session_id == ChatSession.session_id, Message.seq == ChatSession.last_seq))
+        .outerjoin(Message, and_(Message.session_id == ChatSession.session_id, Message.seq == _last_text_seq()))
         .where(SessionMember.user_id == user_id)
         .order_by(ChatSession.updated_at.desc(), ChatSession.session_id)
         .limit(limit)
@@ -109,9 +111,14 @@ async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[t
     return [(row[0], row[1], row[2]) for row in rows]
 
 
-async def last_message(s: AsyncSession, session: ChatSession) -> Message | None:
-    return await s.scalar(
-        select(Message).where(Message.session_id == session.session_id, Message.seq == session.last_seq)
+def _last_text_seq() -> ScalarSelect[Any]:
+    """The seq of a session's latest TEXT message (its `last_message`, SPEC §10), by the type-and-seq index."""
+    latest = aliased(Message)
+    return (
+        select(func.max(latest.seq))
+        .where(latest.session_id == ChatSession.session_id, latest.msg_type == Kind.TEXT)
+        .correlate(ChatSession)
+        .scalar_subquery()
     )
 
 
@@ -139,46 +146,51 @@ async def readable_last_seq(s: AsyncSession, session_id: str, user_id: str) -> i
 _MESSAGES = cast(Table, Message.__table__)
 
 
-async def page_newest_first(s: AsyncSession, session_id: str, page: int, page_size: int) -> list[MessageOut]:
-    rows = await s.execute(
-        select(_MESSAGES)
-        .where(_MESSAGES.c.session_id == session_id)
-        .order_by(_MESSAGES.c.seq.desc())
-        .offset((page - 1) * page_size)
-        .limit(page_size)
-    )
-    return [message_out(row) for row in rows]
+def _rows_of(session_id: str, text_only: bool) -> Select[Any]:
+    query = select(_MESSAGES).where(_MESSAGES.c.session_id == session_id)
+    return query.where(_MESSAGES.c.msg_type == Kind.TEXT) if text_only else query
 
 
-async def before_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[MessageOut], bool]:
-    """Up to `limit` messages with seq < `seq`, newest first, and whether older ones remain."""
-    rows = await s.execute(
-        select(_MESSAGES)
-        .where(_MESSAGES.c.session_id == session_id, _MESSAGES.c.seq < seq)
-        .order_by(_MESSAGES.c.seq.desc())
-        .limit(limit + 1)
-    )
-    found = [message_out(row) for row in rows]
+async def _page(s: AsyncSession, query: Select[Any], limit: int) -> tuple[list[MessageOut], bool]:
+    """Up to `limit` rows, and whether more remain beyond them."""
+    found = [message_out(row) for row in await s.execute(query.limit(limit + 1))]
     return found[:limit], len(found) > limit
 
 
-async def after_seq(s: AsyncSession, session_id: str, seq: int, limit: int) -> tuple[list[MessageOut], bool]:
-    """Up to `limit` messages with seq > `seq`, oldest first, and whether newer ones remain."""
-    rows = await s.execute(
-        select(_MESSAGES)
-        .where(_MESSAGES.c.session_id == session_id, _MESSAGES.c.seq > seq)
-        .order_by(_MESSAGES.c.seq)
-        .limit(limit + 1)
-    )
-    found = [message_out(row) for row in rows]
-    return found[:limit], len(found) > limit
+async def page_newest_first(
+    s: AsyncSession, session_id: str, page: int, page_size: int, text_only: bool = False
+) -> tuple[list[MessageOut], bool]:
+    query = _rows_of(session_id, text_only).order_by(_MESSAGES.c.seq.desc()).offset((page - 1) * page_size)
+    return await _page(s, query, page_size)
+
+
+async def before_seq(
+    s: AsyncSession, session_id: str, seq: int, limit: int, text_only: bool = False
+) -> tuple[list[MessageOut], bool]:
+    """Up to `limit` rows with seq < `seq`, newest first, and whether older ones remain."""
+    query = _rows_of(session_id, text_only).where(_MESSAGES.c.seq < seq).order_by(_MESSAGES.c.seq.desc())
+    return await _page(s, query, limit)
+
+
+async def after_seq(
+    s: AsyncSession, session_id: str, seq: int, limit: int, text_only: bool = False
+) -> tuple[list[MessageOut], bool]:
+    """Up to `limit` rows with seq > `seq`, oldest first, and whether newer ones remain."""
+    query = _rows_of(session_id, text_only).where(_MESSAGES.c.seq > seq).order_by(_MESSAGES.c.seq)
+    return await _page(s, query, limit)
 
 
 async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limit: int) -> list[Message]:
-    """The last `limit` messages up to and including seq `upto_seq`, oldest first."""
+    """The last `limit` TEXT messages up to and including seq `upto_seq`, oldest first, folded: edited text
+    as edited, deleted messages left out (SPEC §10)."""
     result = await s.scalars(
         select(Message)
-        .where(Message.session_id == session_id, Message.seq <= upto_seq)
+        .where(
+            Message.session_id == session_id,
+            Message.seq <= upto_seq,
+            Message.msg_type == Kind.TEXT,
+            Message.deleted_at.is_(None),
+        )
         .order_by(Message.seq.desc())
         .limit(limit)
     )

@@ -13,21 +13,26 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from imsvc.auth import bearer, verify_token
+from imsvc.changes import Kind
 from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
 from imsvc.hub import CLOSE_SHUTDOWN, Connection
 from imsvc.logs import bound, get_logger
 from imsvc.schemas import (
     INBOUND_TYPES,
     AiCancelFrame,
+    DeleteMessageFrame,
+    EditMessageFrame,
     ErrorFrame,
     FrameId,
     Inbound,
     InboundFrame,
     PingFrame,
     PongFrame,
+    ReactFrame,
     SendMessageFrame,
     SyncFrame,
     SyncResultFrame,
+    UnreactFrame,
 )
 from imsvc.services import Services, services
 
@@ -165,6 +170,7 @@ async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
 
 async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
     session_id = getattr(frame, "session_id", None)
+    chat, user = svc.chat, conn.user_id
     with bound(frame_type=frame.type, session_id=session_id):
         match frame:
             case PingFrame():
@@ -181,6 +187,13 @@ async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
                     conn.send(snapshot)
             case AiCancelFrame():
                 await svc.replies.cancel(conn.user_id, frame.record_id)
+            case EditMessageFrame():
+                await chat.change(user, Kind.EDIT, frame.message_id, frame.content, frame.client_msg_id, conn, frame.id)
+            case DeleteMessageFrame():
+                await chat.change(user, Kind.DELETE, frame.message_id, "", frame.client_msg_id, conn, frame.id)
+            case ReactFrame() | UnreactFrame():
+                kind = Kind.REACT if isinstance(frame, ReactFrame) else Kind.UNREACT
+                await chat.change(user, kind, frame.message_id, frame.emoji, frame.client_msg_id, conn, frame.id)
 
 
 def routes() -> list[WebSocketRoute]:
