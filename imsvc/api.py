@@ -18,22 +18,17 @@ from imsvc.changes import Kind
 from imsvc.errors import InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
 from imsvc.openapi import document as openapi_document
 from imsvc.schemas import (
-    AddMemberIn,
     ChangeOut,
     ChangeQuery,
-    CreateSessionIn,
     DevTokenIn,
     EditIn,
     EmojiPath,
     HealthOut,
     ListQuery,
-    MemberOut,
     MessagePage,
     ReadyOut,
     SendMessageIn,
     SentMessageOut,
-    SessionList,
-    SessionOut,
     TokenOut,
     message_out,
 )
@@ -153,45 +148,6 @@ async def react(request: Request) -> Response:
     return await change(request, kind, emoji, query.client_msg_id)
 
 
-def session_out(session: Any, role: str | None, last: Any) -> SessionOut:
-    return SessionOut(
-        session_id=session.session_id,
-        title=session.title,
-        created_by=session.created_by,
-        ai_enabled=session.ai_enabled,
-        last_seq=session.last_seq,
-        created_at=session.created_at,
-        updated_at=session.updated_at,
-        role=role,
-        last_message=message_out(last) if last is not None else None,
-    )
-
-
-async def create_session(request: Request) -> Response:
-    user_id = user_of(request)
-    body = await read_json(request, CreateSessionIn)
-    session = await services(request).chat.create_session(
-        user_id, body.session_id, body.title, body.members, body.ai_enabled
-    )
-    return render(session_out(session, "owner", None), 201)
-
-
-async def list_sessions(request: Request) -> Response:
-    user_id = user_of(request)
-    async with services(request).db.reader() as s:
-        rows = await store.sessions_of(s, user_id)
-    return render(SessionList(sessions=[session_out(session, role, last) for session, role, last in rows]))
-
-
-async def add_member(request: Request) -> Response:
-    user_id = user_of(request)
-    body = await read_json(request, AddMemberIn)
-    session_id = validate(AddMemberIn, {"user_id": request.path_params["session_id"]}).user_id
-    added = await services(request).chat.add_member(user_id, session_id, body.user_id)
-    out = MemberOut(session_id=added.session_id, user_id=added.user_id, role=added.role, joined_at=added.joined_at)
-    return render(out, 201 if added.created else 200)
-
-
 async def dev_token(request: Request) -> Response:
     body = await read_json(request, DevTokenIn)
     if body.user_id == services(request).settings.ai_bot_user_id:
@@ -230,9 +186,6 @@ def routes(dev_mode: bool) -> list[Route]:
         Route("/message/{message_id}", edit_message, methods=["PATCH"]),
         Route("/message/{message_id}", delete_message, methods=["DELETE"]),
         Route("/message/{message_id}/reactions/{emoji}", react, methods=["PUT", "DELETE"]),
-        Route("/sessions", create_session, methods=["POST"]),
-        Route("/sessions", list_sessions, methods=["GET"]),
-        Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

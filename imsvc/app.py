@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imsvc import ai_api, api, ws
+from imsvc import ai_api, api, sessions_api, ws
 from imsvc.bus import MemoryBus
 from imsvc.chat import Chat
 from imsvc.db import Database
@@ -29,7 +29,6 @@ from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
 from imsvc.metrics import Metrics, RequestTimer
-from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
 from imsvc.schemas import error_payload
 from imsvc.sequencer import Sequencer
@@ -101,8 +100,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics.watch_sockets(lambda: hub.count)
         sequencer = Sequencer(db, bus, metrics)
         replies = ReplyScheduler(settings, db, bus, sequencer, make_model(settings), metrics)
-        limiter = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
-        chat = Chat(db, bus, sequencer, replies, limiter, settings.ai_bot_user_id)
+        chat = Chat(settings, db, bus, sequencer, replies)
         await replies.interrupt_orphans()
         sequencer.start()
         svc = Services(
@@ -136,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             *api.routes(settings.dev_mode),
+            *sessions_api.routes(),
             *ai_api.routes(),
             *ws.routes(),
             Route("/", chat_page),

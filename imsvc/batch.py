@@ -26,14 +26,25 @@ from imsvc.store import new_id
 
 
 @dataclass(frozen=True, slots=True)
+class ReplySettings:
+    """What a reply uses, taken from its session when it is queued (SPEC §11)."""
+
+    model: str
+    system_prompt: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
-    """A user's message. `reply_model`: start a reply (a record at status 0) if the session has the assistant."""
+    """A user's message. `assistant`: the server's defaults when it has an assistant (a reply is started,
+    a record at status 0, if the session has it on and its trigger fires); `mentions`: whether the text
+    mentions the assistant (for `ai_trigger: mention`)."""
 
     session_id: str
     author: str
     content: str
     client_msg_id: str | None = None
-    reply_model: str | None = None
+    assistant: ReplySettings | None = None
+    mentions: bool = False
     origin: str | None = None
     ref: FrameId | None = None
 
@@ -62,6 +73,25 @@ class AddMember:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveMember:
+    """The owner removes another member (`removed`), or a member leaves (`left`); an owner who leaves hands
+    the session to the member who joined earliest."""
+
+    session_id: str
+    actor: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """The owner changes the session's settings: only the fields given, each a column of `sessions`."""
+
+    session_id: str
+    actor: str
+    values: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyEnd:
     """An AI reply's outcome: its text stored as the assistant's message (when there is any), its record closed."""
 
@@ -74,7 +104,7 @@ class ReplyEnd:
     error: ImsvcError | None = None  # None: the reply ended (`ai_reply`); else `ai_reply_error` with this code
 
 
-Op = Send | Change | AddMember | ReplyEnd
+Op = Send | Change | AddMember | RemoveMember | Configure | ReplyEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +113,7 @@ class Stored:
     duplicate: bool
     record_id: str | None = None
     record_status: RecordStatus | None = None
+    reply: ReplySettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +134,19 @@ class Added:
     created: bool
 
 
-Result = Stored | Changed | Added | MessageOut | None
+@dataclass(frozen=True, slots=True)
+class Removed:
+    session_id: str
+    user_id: str
+    action: str  # "removed" or "left"
+
+
+@dataclass(frozen=True, slots=True)
+class Configured:
+    changed: dict[str, Any]  # the fields that changed, with their new values (empty: nothing did)
+
+
+Result = Stored | Changed | Added | Removed | Configured | MessageOut | None
 
 
 @dataclass(slots=True)
@@ -116,11 +159,13 @@ class Item:
     row: dict[str, Any] | None = None  # the event row it stores
     record_id: str | None = None
     target: Target | None = None
+    reply: ReplySettings | None = None
     joined: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
 
     def reset(self) -> None:
-        self.result = self.error = self.same_as = self.row = self.record_id = self.target = None
-        self.joined = ()
+        self.result = self.error = self.same_as = self.row = self.record_id = self.target = self.reply = None
+        self.joined = self.left = ()
 
 
 def client_key(op: Op) -> tuple[str, str, str] | None:
@@ -134,7 +179,7 @@ def client_key(op: Op) -> tuple[str, str, str] | None:
 def actor_of(op: Op) -> str | None:
     if isinstance(op, Send):
         return op.author
-    if isinstance(op, Change | AddMember):
+    if isinstance(op, Change | AddMember | RemoveMember | Configure):
         return op.actor
     return None
 
@@ -147,6 +192,11 @@ class Batch:
     records: list[dict[str, Any]] = field(default_factory=list)
     ends: list[tuple[str, str | None, RecordOutcome]] = field(default_factory=list)
     members: list[dict[str, Any]] = field(default_factory=list)
+    gone: list[tuple[str, str]] = field(default_factory=list)
+    new_roles: list[tuple[str, str, str]] = field(default_factory=list)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, ledger.SessionState] = field(default_factory=dict)
+    rosters: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     last_seqs: dict[str, int] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     _first_of: dict[tuple[str, str, str], Item] = field(default_factory=dict)
@@ -164,13 +214,15 @@ class Batch:
         if owners:
             state |= await ledger.lock_sessions(c, owners)
         pairs = {(op.session_id, who) for op in ops if (who := actor_of(op)) is not None}
-        pairs |= {(op.session_id, op.user_id) for op in ops if isinstance(op, AddMember)}
+        pairs |= {(op.session_id, op.user_id) for op in ops if isinstance(op, AddMember | RemoveMember)}
         roles = await ledger.memberships(c, pairs)
         wanted = {op.message_id for op in ops if isinstance(op, Change)}
         wanted |= {o.message.target_message_id for o in found.values() if o.message.target_message_id}
         self.targets = await ledger.targets(c, wanted)
+        for session_id in {op.session_id for op in ops if isinstance(op, RemoveMember)}:
+            self.rosters[session_id] = await ledger.roster(c, session_id)
+        self.sessions = state
         self.last_seqs = {sid: s.last_seq for sid, s in state.items()}
-        ai_enabled = {sid: s.ai_enabled for sid, s in state.items()}
 
         for item in self.items:
             op = item.op
@@ -180,6 +232,7 @@ class Batch:
             elif key is not None and key in self._first_of:
                 item.same_as = self._first_of[key]
             elif (op.session_id, actor_of(op)) not in roles and not isinstance(op, ReplyEnd):
+                # A change to a message in a session the caller is not in: as if it did not exist.
                 item.error = (
                     NotFound("no such message") if isinstance(op, Change) else Forbidden("not a member of this session")
                 )
@@ -187,7 +240,7 @@ class Batch:
                 if key is not None:
                     self._first_of[key] = item
                 try:
-                    self._plan(item, roles, created, owners, ai_enabled)
+                    self._plan(item, roles, created, owners)
                 except ImsvcError as exc:
                     item.error = exc
 
@@ -197,6 +250,9 @@ class Batch:
             for row, row_id in zip(rows, await ledger.append_rows(c, rows, advanced, self.now), strict=True):
                 row["id"] = row_id
         await ledger.insert_members(c, self.members)
+        await ledger.remove_members(c, self.gone)
+        await ledger.set_roles(c, self.new_roles)
+        await ledger.update_sessions(c, self.settings)
         await ledger.insert_records(c, self.records)
         await ledger.finish_records(c, self.ends, self.now)
         await ledger.fold_targets(c, [t for t in self.targets.values() if t.touched], self.now)
@@ -207,7 +263,6 @@ class Batch:
         roles: dict[tuple[str, str], ledger.Membership],
         created: set[str],
         owners: dict[str, str],
-        ai_enabled: dict[str, bool],
     ) -> None:
         op = item.op
         if isinstance(op, Send):
@@ -215,10 +270,19 @@ class Batch:
                 created.discard(op.session_id)  # its first message tells the hub who is in it
                 item.joined = (op.author,)
             self._add_row(item, op.session_id, op.author, Kind.TEXT, op.content, op.client_msg_id)
-            if op.reply_model is not None and ai_enabled[op.session_id]:
+            session = self.sessions[op.session_id]
+            fires = session.ai_trigger == "always" or op.mentions
+            if op.assistant is not None and session.ai_enabled and fires:
                 assert item.row is not None
                 item.record_id = new_id("record")
-                self.records.append(_new_record(item.record_id, op, item.row["message_id"], self.now))
+                item.reply = ReplySettings(
+                    session.ai_model or op.assistant.model, session.ai_system_prompt or op.assistant.system_prompt
+                )
+                self.records.append(_new_record(item.record_id, op, item.row["message_id"], item.reply.model, self.now))
+        elif isinstance(op, RemoveMember):
+            self._remove(item, op, roles)
+        elif isinstance(op, Configure):
+            self._configure(item, op, roles)
         elif isinstance(op, Change):
             target = self.targets.get(op.message_id)
             if target is None or target.session_id != op.session_id:
@@ -238,6 +302,8 @@ class Batch:
             self.members.append(
                 {"session_id": op.session_id, "user_id": op.user_id, "role": "member", "joined_at": self.now}
             )
+            if op.session_id in self.rosters:
+                self.rosters[op.session_id].append((op.user_id, "member"))
             data = {"user_id": op.user_id, "action": "added", "role": "member"}
             self._add_row(item, op.session_id, op.actor, Kind.MEMBER, "", None, data=data)
             item.result = Added(op.session_id, op.user_id, "member", self.now, True)
@@ -246,6 +312,43 @@ class Batch:
             if op.text:
                 self._add_row(item, op.session_id, op.author, Kind.TEXT, op.text, None)
             self.ends.append((op.record_id, item.row["message_id"] if item.row else None, op.outcome))
+
+    def _remove(self, item: Item, op: RemoveMember, roles: dict[tuple[str, str], ledger.Membership]) -> None:
+        actor_role = roles[(op.session_id, op.actor)].role
+        present = roles.get((op.session_id, op.user_id))
+        if op.user_id != op.actor and actor_role != "owner":
+            raise Forbidden("only the owner removes other members")
+        if present is None:
+            raise NotFound("not a member of this session")
+        action = "left" if op.user_id == op.actor else "removed"
+        data: dict[str, Any] = {"user_id": op.user_id, "action": action, "role": present.role}
+        roster = [(uid, role) for uid, role in self.rosters[op.session_id] if uid != op.user_id]
+        if action == "left" and present.role == "owner":
+            heir = roster[0][0] if roster else None
+            data["new_owner"] = heir
+            if heir is not None:
+                roster[0] = (heir, "owner")
+                roles[(op.session_id, heir)] = ledger.Membership("owner", roles[(op.session_id, heir)].joined_at)
+                self.new_roles.append((op.session_id, heir, "owner"))
+        self.rosters[op.session_id] = roster
+        del roles[(op.session_id, op.user_id)]
+        self.gone.append((op.session_id, op.user_id))
+        self._add_row(item, op.session_id, op.actor, Kind.MEMBER, "", None, data=data)
+        item.result = Removed(op.session_id, op.user_id, action)
+        item.left = (op.user_id,)
+
+    def _configure(self, item: Item, op: Configure, roles: dict[tuple[str, str], ledger.Membership]) -> None:
+        if roles[(op.session_id, op.actor)].role != "owner":
+            raise Forbidden("only the session's owner changes its settings")
+        session = self.sessions[op.session_id]
+        changed = {name: value for name, value in op.values if getattr(session, name) != value}
+        item.result = Configured(changed)
+        if not changed:
+            return
+        for name, value in changed.items():
+            setattr(session, name, value)
+        self.settings.setdefault(op.session_id, {}).update(changed)
+        self._add_row(item, op.session_id, op.actor, Kind.SETTINGS, "", None, data=changed)
 
     def _add_row(
         self,
@@ -298,41 +401,38 @@ class Batch:
             assert message is not None
             status = RecordStatus.PROCESSING if item.record_id else None
             event = Event(op.session_id, NewMessageFrame(message=message), message.seq, op.origin, op.ref, item.joined)
-            return Stored(message, False, item.record_id, status), None, event
+            return Stored(message, False, item.record_id, status, item.reply), None, event
         if isinstance(op, Change):
             assert message is not None and item.target is not None
             event = Event(op.session_id, NewMessageFrame(message=message), message.seq, op.origin, op.ref)
             return Changed(message_out(item.target), message), None, event
-        if isinstance(op, AddMember):
+        if isinstance(op, AddMember | RemoveMember | Configure):
             assert message is not None
-            return (
-                item.result,
-                None,
-                Event(op.session_id, NewMessageFrame(message=message), message.seq, joined=item.joined),
-            )
+            row = NewMessageFrame(message=message)
+            return item.result, None, Event(op.session_id, row, message.seq, joined=item.joined, left=item.left)
         error = ErrorDetail(code=op.error.code, message=op.error.message) if op.error else None
-        frame = final_reply_frame(
+        final = final_reply_frame(
             op.record_id, op.session_id, op.user_message_id, op.text, message, op.outcome.finish_reason, error
         )
-        return message, None, Event(op.session_id, frame, message.seq if message else None)
+        return message, None, Event(op.session_id, final, message.seq if message else None)
 
 
 def _repeated(result: Result) -> Result:
     if isinstance(result, Stored):
-        return Stored(result.message, True, result.record_id, result.record_status)
+        return Stored(result.message, True, result.record_id, result.record_status, result.reply)
     if isinstance(result, Changed):
         return Changed(result.target, result.event, duplicate=True)
     return result
 
 
-def _new_record(record_id: str, op: Send, message_id: str, now: datetime) -> dict[str, Any]:
+def _new_record(record_id: str, op: Send, message_id: str, model: str, now: datetime) -> dict[str, Any]:
     return {
         "record_id": record_id,
         "session_id": op.session_id,
         "user_message_id": message_id,
         "request_content": "",
         "status": int(RecordStatus.PROCESSING),
-        "model": op.reply_model,
+        "model": model,
         "created_at": now,
         "updated_at": now,
     }

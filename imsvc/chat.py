@@ -3,39 +3,54 @@ start the replies that a stored message asks for."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
 from imsvc import store
-from imsvc.batch import Added, AddMember, Change, Changed, Send, Stored
+from imsvc.batch import (
+    Added,
+    AddMember,
+    Change,
+    Changed,
+    Configure,
+    Configured,
+    Removed,
+    RemoveMember,
+    ReplySettings,
+    Send,
+    Stored,
+)
 from imsvc.bus import Bus
 from imsvc.changes import Kind
 from imsvc.db import Database
 from imsvc.errors import NotFound, RateLimited, ValidationFailed
 from imsvc.events import Event
 from imsvc.hub import Connection
+from imsvc.mention import mention_pattern, mentions
 from imsvc.models import ChatSession, RecordStatus
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
 from imsvc.schemas import FrameId, MessageOut, message_out, sent_frame
 from imsvc.sequencer import Sequencer
+from imsvc.settings import Settings
 
 SYNC_LIMIT = 200
+
+T = TypeVar("T")
 
 
 class Chat:
     def __init__(
-        self,
-        db: Database,
-        bus: Bus,
-        sequencer: Sequencer,
-        replies: ReplyScheduler,
-        limiter: RateLimiter,
-        bot_user_id: str,
+        self, settings: Settings, db: Database, bus: Bus, sequencer: Sequencer, replies: ReplyScheduler
     ) -> None:
         self._db = db
+        self._mention = mention_pattern(settings.ai_bot_user_id, settings.ai_bot_mention)
+        self._models = settings.ai_model_list
         self._bus = bus
         self._sequencer = sequencer
         self._replies = replies
-        self._limiter = limiter
-        self._bot_user_id = bot_user_id
+        self._limiter = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s)
+        self._bot_user_id = settings.ai_bot_user_id
 
     async def send(
         self,
@@ -55,7 +70,9 @@ class Chat:
             stored = original
         else:
             origin_id = origin.id if origin is not None else None
-            op = Send(session_id, user_id, content, client_msg_id, self._replies.model_name, origin_id, ref)
+            mentioned = mentions(self._mention, content)
+            defaults = self._replies.defaults
+            op = Send(session_id, user_id, content, client_msg_id, defaults, mentioned, origin_id, ref)
             try:
                 stored = await self._sequencer.send(op)
             except Exception:
@@ -64,8 +81,8 @@ class Chat:
             if stored.duplicate:
                 self._limiter.give_back(user_id)  # idempotent repeats do not count
         if not stored.duplicate:
-            if stored.record_id is not None:
-                await self._replies.start(stored.record_id, stored.message)
+            if stored.record_id is not None and stored.reply is not None:
+                await self._replies.start(stored.record_id, stored.message, stored.reply)
             return stored
         if origin is not None:
             origin.send(sent_frame(stored.message, ref, duplicate=True))
@@ -75,7 +92,7 @@ class Chat:
             and not self._replies.is_running(stored.record_id)
         ):
             # Its first attempt stored it but never heard so (a lost commit answer): the reply starts now.
-            await self._replies.start(stored.record_id, stored.message)
+            await self._replies.start(stored.record_id, stored.message, await self._reply_settings(session_id))
         return stored
 
     async def change(
@@ -93,9 +110,7 @@ class Chat:
             target = await store.get_message(s, message_id)
             if target is None or await store.member_role(s, target.session_id, user_id) is None:
                 raise NotFound("no such message")
-        wait = self._limiter.take(user_id)
-        if wait is not None:
-            raise RateLimited(wait)
+        self._take(user_id)
         origin_id = origin.id if origin is not None else None
         op = Change(kind, target.session_id, user_id, message_id, value, client_msg_id, origin_id, ref)
         try:
@@ -124,7 +139,51 @@ class Chat:
         return session
 
     async def add_member(self, actor: str, session_id: str, user_id: str) -> Added:
-        return await self._sequencer.add_member(AddMember(session_id, actor, user_id))
+        self._take(actor)
+        added = await self._counted(actor, self._sequencer.add_member(AddMember(session_id, actor, user_id)))
+        if not added.created:
+            self._limiter.give_back(actor)
+        return added
+
+    async def remove_member(self, actor: str, session_id: str, user_id: str) -> Removed:
+        """The owner removes a member, or a member leaves (SPEC §11)."""
+        self._take(actor)
+        return await self._counted(actor, self._sequencer.remove_member(RemoveMember(session_id, actor, user_id)))
+
+    async def configure(self, actor: str, session_id: str, values: dict[str, Any]) -> Configured:
+        """The owner changes title and assistant settings; one SETTINGS event with what changed."""
+        model = values.get("ai_model")
+        allowed = self._models
+        if model is not None and allowed and model not in allowed:
+            raise ValidationFailed(f"ai_model must be one of: {', '.join(allowed)}")
+        self._take(actor)
+        op = Configure(session_id, actor, tuple(values.items()))
+        configured = await self._counted(actor, self._sequencer.configure(op))
+        if not configured.changed:
+            self._limiter.give_back(actor)
+        return configured
+
+    def _take(self, user_id: str) -> None:
+        wait = self._limiter.take(user_id)
+        if wait is not None:
+            raise RateLimited(wait)
+
+    async def _counted(self, user_id: str, stored: Awaitable[T]) -> T:
+        """Await a stored event; its rate-limit place is given back if storing it failed."""
+        try:
+            return await stored
+        except Exception:
+            self._limiter.give_back(user_id)
+            raise
+
+    async def _reply_settings(self, session_id: str) -> ReplySettings:
+        """The session's model and system prompt now, or the server's."""
+        defaults = self._replies.defaults
+        async with self._db.reader() as s:
+            session = await store.get_session(s, session_id)
+        if session is None:
+            return defaults
+        return ReplySettings(session.ai_model or defaults.model, session.ai_system_prompt or defaults.system_prompt)
 
     async def regenerate(self, user_id: str, message_id: str) -> str:
         """A new reply to a user message, its context ending at that message; the record id."""
@@ -137,12 +196,11 @@ class Chat:
             raise ValidationFailed("regenerate takes a user message, not an AI reply")
         if session is None or not session.ai_enabled:
             raise ValidationFailed("this session has no AI assistant")
-        wait = self._limiter.take(user_id)
-        if wait is not None:
-            raise RateLimited(wait)
+        self._take(user_id)
+        reply = await self._reply_settings(message.session_id)
         async with self._db.transaction() as s:
-            record_id = await store.create_record(s, message.session_id, message.message_id, self._replies.model_name)
-        await self._replies.start(record_id, message_out(message))
+            record_id = await store.create_record(s, message.session_id, message.message_id, reply.model)
+        await self._replies.start(record_id, message_out(message), reply)
         return record_id
 
     async def sessions_of(self, user_id: str) -> list[str]:

@@ -105,6 +105,9 @@ class Hub:
     def count(self) -> int:
         return self._count
 
+    def online(self, user_id: str) -> bool:
+        return user_id in self._by_user
+
     def connections(self, user_id: str) -> frozenset[Connection]:
         return frozenset(self._by_user.get(user_id, ()))
 

@@ -36,10 +36,16 @@ records = cast(Table, AIChatRecord.__table__)
 ClientKey = tuple[str, str, str]  # session, author, client_msg_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionState:
+    """A locked session's row, as the batch sees it (settings changed earlier in the batch included)."""
+
     last_seq: int
+    title: str | None
     ai_enabled: bool
+    ai_trigger: str
+    ai_system_prompt: str | None
+    ai_model: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +110,52 @@ async def lock_sessions(c: AsyncConnection, session_ids: Iterable[str]) -> dict[
     """Lock the sessions' rows (in id order, so that concurrent writers cannot deadlock) and read their state."""
     if _postgres(c):
         rows = await c.execute(_PG_LOCK, {"ids": sorted(set(session_ids))})
-        return {r.session_id: SessionState(r.last_seq, r.ai_enabled) for r in rows}
+    else:
+        rows = await c.execute(
+            select(*(sessions.c[name] for name in _SESSION_STATE))
+            .where(sessions.c.session_id.in_(sorted(set(session_ids))))
+            .order_by(sessions.c.session_id)
+            .with_for_update()
+        )
+    return {
+        r.session_id: SessionState(r.last_seq, r.title, r.ai_enabled, r.ai_trigger, r.ai_system_prompt, r.ai_model)
+        for r in rows
+    }
+
+
+async def roster(c: AsyncConnection, session_id: str) -> list[tuple[str, str]]:
+    """The session's members (user id, role) in join order."""
     rows = await c.execute(
-        select(sessions.c.session_id, sessions.c.last_seq, sessions.c.ai_enabled)
-        .where(sessions.c.session_id.in_(sorted(set(session_ids))))
-        .order_by(sessions.c.session_id)
-        .with_for_update()
+        select(members.c.user_id, members.c.role)
+        .where(members.c.session_id == session_id)
+        .order_by(members.c.joined_at, members.c.user_id)
     )
-    return {r.session_id: SessionState(r.last_seq, r.ai_enabled) for r in rows}
+    return [(r.user_id, r.role) for r in rows]
+
+
+async def remove_members(c: AsyncConnection, gone: Sequence[tuple[str, str]]) -> None:
+    if gone:
+        await c.execute(
+            members.delete().where(members.c.session_id == bindparam("sid"), members.c.user_id == bindparam("uid")),
+            [{"sid": sid, "uid": uid} for sid, uid in gone],
+        )
+
+
+async def set_roles(c: AsyncConnection, roles: Sequence[tuple[str, str, str]]) -> None:
+    """(session, user, role) for members whose role changed (a new owner)."""
+    if roles:
+        await c.execute(
+            update(members)
+            .where(members.c.session_id == bindparam("sid"), members.c.user_id == bindparam("uid"))
+            .values(role=bindparam("r")),
+            [{"sid": sid, "uid": uid, "r": role} for sid, uid, role in roles],
+        )
+
+
+async def update_sessions(c: AsyncConnection, changed: dict[str, dict[str, Any]]) -> None:
+    """Write sessions' changed settings (session id → column → value)."""
+    for session_id, values in changed.items():
+        await c.execute(update(sessions).where(sessions.c.session_id == session_id).values(**values))
 
 
 async def create_sessions(c: AsyncConnection, owners: dict[str, str], now: datetime) -> list[str]:
@@ -320,8 +364,9 @@ _MESSAGE_COLUMNS = (
     "target_message_id",
     "data",
 )
+_SESSION_STATE = ("session_id", "last_seq", "title", "ai_enabled", "ai_trigger", "ai_system_prompt", "ai_model")
 _PG_LOCK = text(
-    "SELECT session_id, last_seq, ai_enabled FROM sessions"
+    f"SELECT {', '.join(_SESSION_STATE)} FROM sessions"
     " WHERE session_id = ANY(CAST(:ids AS TEXT[])) ORDER BY session_id FOR UPDATE"
 )
 _PG_MEMBERSHIPS = text(

@@ -53,8 +53,9 @@ class ChatModel(Protocol):
     provider: str
     model: str
 
-    def request(self, messages: ChatMessages) -> Request:
-        """The Chat Completions request for `messages`, built once: what is sent is what the record stores."""
+    def request(self, messages: ChatMessages, model: str | None = None) -> Request:
+        """The Chat Completions request for `messages` (with `model`, or the configured one), built once:
+        what is sent is what the record stores."""
         ...
 
     def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
@@ -84,9 +85,9 @@ class OpenAIModel:
             timeout=openai.Timeout(settings.ai_timeout_s, connect=CONNECT_TIMEOUT_S),
         )
 
-    def request(self, messages: ChatMessages) -> Request:
+    def request(self, messages: ChatMessages, model: str | None = None) -> Request:
         return {
-            "model": self.model,
+            "model": model or self.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -137,8 +138,8 @@ class EchoModel:
         self.model = "echo"
         self._delay_s = settings.ai_echo_delay_ms / 1000
 
-    def request(self, messages: ChatMessages) -> Request:
-        return {"model": self.model, "messages": messages, "stream": True}
+    def request(self, messages: ChatMessages, model: str | None = None) -> Request:
+        return {"model": model or self.model, "messages": messages, "stream": True}
 
     async def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
         messages: ChatMessages = request["messages"]

@@ -79,6 +79,9 @@ class ChatSession(Base):
     created_by: Mapped[str] = mapped_column(String(48))
     ai_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    ai_trigger: Mapped[str] = mapped_column(String(16), default="always", server_default="always")
+    ai_system_prompt: Mapped[str | None] = mapped_column(Text)
+    ai_model: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -93,6 +96,7 @@ class SessionMember(Base):
     user_id: Mapped[str] = mapped_column(String(48), primary_key=True)
     role: Mapped[str] = mapped_column(String(16), default="member")
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_read_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Message(Base):

@@ -52,6 +52,22 @@ class CreateSessionIn(Body):
     ai_enabled: bool = True
 
 
+AiTrigger = Literal["always", "mention"]
+
+
+class SessionPatchIn(Body):
+    """Only the fields given change; null system prompt or model means the server's default."""
+
+    title: Annotated[str, Field(max_length=200)] | None = None
+    ai_enabled: bool = True
+    ai_trigger: AiTrigger = "always"
+    ai_system_prompt: Annotated[str, Field(max_length=4000)] | None = None
+    ai_model: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
 class AddMemberIn(Body):
     user_id: Identifier
 
@@ -170,11 +186,34 @@ class SessionOut(BaseModel):
     title: str | None
     created_by: str
     ai_enabled: bool
+    ai_trigger: str
+    ai_system_prompt: str | None
+    ai_model: str | None
     last_seq: int
     created_at: UtcTime
     updated_at: UtcTime
     role: str | None
+    last_read_seq: int
+    unread: int
     last_message: MessageOut | None
+
+
+class MemberInfo(BaseModel):
+    user_id: str
+    role: str
+    joined_at: UtcTime
+    last_read_seq: int
+    online: bool
+
+
+class SessionDetailOut(SessionOut):
+    members: list[MemberInfo]
+
+
+class RemovedOut(BaseModel):
+    session_id: str
+    user_id: str
+    action: str
 
 
 class SessionList(BaseModel):

@@ -23,7 +23,22 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from imsvc import ledger
-from imsvc.batch import Added, AddMember, Batch, Change, Changed, Item, Op, ReplyEnd, Send, Stored
+from imsvc.batch import (
+    Added,
+    AddMember,
+    Batch,
+    Change,
+    Changed,
+    Configure,
+    Configured,
+    Item,
+    Op,
+    Removed,
+    RemoveMember,
+    ReplyEnd,
+    Send,
+    Stored,
+)
 from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import NotReady
@@ -68,6 +83,14 @@ class Sequencer:
 
     async def add_member(self, op: AddMember) -> Added:
         result: Added = await self._submit(op)
+        return result
+
+    async def remove_member(self, op: RemoveMember) -> Removed:
+        result: Removed = await self._submit(op)
+        return result
+
+    async def configure(self, op: Configure) -> Configured:
+        result: Configured = await self._submit(op)
         return result
 
     async def end_reply(self, op: ReplyEnd) -> MessageOut | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -13,6 +15,27 @@ from sqlalchemy.exc import ArgumentError
 Provider = Literal["openai", "deepseek", "anthropic", "ollama", "echo"]
 
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+
+
+DEV_SECRET = Path("data") / "dev-jwt-secret"
+
+
+def dev_secret(path: Path) -> str:
+    """Dev mode's signing secret, generated once and kept (readable by its owner only), so that a restart
+    of `make run` does not sign everyone out. Only dev mode without a JWT_SECRET reads it."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secret)
+    return secret
 
 
 class SettingsError(Exception):
@@ -44,6 +67,8 @@ class Settings(BaseSettings):
     ai_max_concurrency: int = Field(default=32, ge=1)
     ai_max_queue: int = Field(default=1000, ge=0)
     ai_bot_user_id: str = Field(default="ai_bot", pattern=r"^[A-Za-z0-9_.:@-]{1,48}$")
+    ai_bot_mention: str = Field(default="@assistant", min_length=1, max_length=64)
+    ai_models: str = ""  # comma-separated models a session may choose; empty: any
     ai_echo_delay_ms: int = Field(default=40, ge=0)
 
     websocket_max_connections: int = Field(default=1000, ge=1)
@@ -99,7 +124,7 @@ class Settings(BaseSettings):
         if self.jwt_secret is None:
             if not self.dev_mode:
                 raise ValueError("JWT_SECRET: required unless DEV_MODE=true (or --dev)")
-            self.jwt_secret = secrets.token_urlsafe(32)
+            self.jwt_secret = dev_secret(DEV_SECRET)
         return self
 
     @property
@@ -115,6 +140,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def ai_model_list(self) -> list[str]:
+        return [m.strip() for m in self.ai_models.split(",") if m.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ScalarSelect, Select, Table, and_, func, select, update
@@ -83,9 +84,10 @@ async def create_session(
     if not created:
         raise Conflict(f"session {session_id} already exists")
     now = utcnow()
-    for user_id in dict.fromkeys(members):
-        if user_id != creator:
-            s.add(SessionMember(session_id=session_id, user_id=user_id, role="member", joined_at=now))
+    # Join order is the order listed, after the creator: a microsecond apart, so that joined_at tells it.
+    for n, user_id in enumerate(u for u in dict.fromkeys(members) if u != creator):
+        joined_at = now + timedelta(microseconds=n + 1)
+        s.add(SessionMember(session_id=session_id, user_id=user_id, role="member", joined_at=joined_at))
     await s.flush()
     session = await get_session(s, session_id)
     assert session is not None
@@ -98,17 +100,68 @@ async def session_ids_of(s: AsyncSession, user_id: str) -> list[str]:
     return list(result)
 
 
-async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[tuple[ChatSession, str, Message | None]]:
-    """The user's sessions, most recently active first, each with the caller's role and its last message."""
-    rows = await s.execute(
-        select(ChatSession, SessionMember.role, Message)
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A session as its member sees it: the caller's role and read marker, its last TEXT message, unread."""
+
+    session: ChatSession
+    role: str
+    last_read_seq: int
+    last_message: Message | None
+    unread: int
+
+
+def _listing(user_id: str) -> Select[ChatSession, str, int, Message]:
+    return (
+        select(ChatSession, SessionMember.role, SessionMember.last_read_seq, Message)
         .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
         .outerjoin(Message, and_(Message.session_id == ChatSession.session_id, Message.seq == _last_text_seq()))
         .where(SessionMember.user_id == user_id)
-        .order_by(ChatSession.updated_at.desc(), ChatSession.session_id)
-        .limit(limit)
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[Listed]:
+    """The user's sessions, most recently active first."""
+    rows = (
+        await s.execute(_listing(user_id).order_by(ChatSession.updated_at.desc(), ChatSession.session_id).limit(limit))
+    ).all()
+    unread = await unread_counts(s, user_id)
+    return [Listed(r[0], r[1], r[2], r[3], unread.get(r[0].session_id, 0)) for r in rows]
+
+
+async def session_of(s: AsyncSession, session_id: str, user_id: str) -> Listed:
+    """One session, for a member; Forbidden otherwise (whether or not it exists)."""
+    row = (await s.execute(_listing(user_id).where(ChatSession.session_id == session_id))).first()
+    if row is None:
+        raise Forbidden("not a member of this session")
+    unread = await unread_counts(s, user_id, session_id)
+    return Listed(row[0], row[1], row[2], row[3], unread.get(session_id, 0))
+
+
+async def unread_counts(s: AsyncSession, user_id: str, session_id: str | None = None) -> dict[str, int]:
+    """Per session of the user (or just `session_id`): others' TEXT messages after their read marker, deleted
+    ones left out (SPEC §12). One grouped query that walks the (session, type, seq) index from each marker:
+    its cost is the unread rows, not the sessions' sizes."""
+    m, me = aliased(Message), aliased(SessionMember)
+    query = (
+        select(m.session_id, func.count())
+        .join(me, and_(me.session_id == m.session_id, me.user_id == user_id))
+        .where(m.msg_type == Kind.TEXT, m.seq > me.last_read_seq, m.from_user_id != user_id, m.deleted_at.is_(None))
+        .group_by(m.session_id)
+    )
+    if session_id is not None:
+        query = query.where(m.session_id == session_id)
+    return {sid: count for sid, count in (await s.execute(query)).all()}
+
+
+async def members_of(s: AsyncSession, session_id: str) -> list[SessionMember]:
+    """The session's members in join order."""
+    result = await s.scalars(
+        select(SessionMember)
+        .where(SessionMember.session_id == session_id)
+        .order_by(SessionMember.joined_at, SessionMember.user_id)
+    )
+    return list(result)
 
 
 def _last_text_seq() -> ScalarSelect[Any]:

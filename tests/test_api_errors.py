@@ -39,7 +39,7 @@ async def test_every_body_route_checks_size_then_json_then_fields(server: LiveSe
     assert bad_fields.status_code == 422 and bad_fields.json()["error"]["code"] == "validation_error"
 
 
-@pytest.mark.parametrize("path", ["/nowhere", "/message", "/ai", "/sessions/s1"])
+@pytest.mark.parametrize("path", ["/nowhere", "/message", "/ai", "/sessions/s1/nothing"])
 async def test_unknown_routes_are_404_without_a_token(server: LiveServer, path: str) -> None:
     for method in ("GET", "POST"):
         r = await server.http.request(method, path)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from imsvc import store
-from imsvc.batch import ReplyEnd
+from imsvc.batch import ReplyEnd, ReplySettings
 from imsvc.bus import Bus
 from imsvc.context import build_context
 from imsvc.db import Database
@@ -76,8 +76,9 @@ class Tools:
 
 
 class ReplyRun:
-    def __init__(self, tools: Tools, record_id: str, user_message: MessageOut) -> None:
+    def __init__(self, tools: Tools, record_id: str, user_message: MessageOut, reply: ReplySettings) -> None:
         self.record_id = record_id
+        self.reply = reply
         self.session_id = user_message.session_id
         self.user_message = user_message
         self.phase = Phase.QUEUED
@@ -163,9 +164,9 @@ class ReplyRun:
             )
             members = await store.member_ids(s, self.session_id)
         messages = build_context(
-            history, members, settings.ai_bot_user_id, settings.ai_system_prompt, settings.ai_context_chars
+            history, members, settings.ai_bot_user_id, self.reply.system_prompt, settings.ai_context_chars
         )
-        return self._tools.model.request(messages)
+        return self._tools.model.request(messages, self.reply.model)
 
     async def _generate(self, request: Request, timings: Timings, completion: Completion) -> Outcome:
         if self._stop is not None:  # stopped while its context was read: it never started

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from imsvc import store
+from imsvc.batch import ReplySettings
 from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import Busy, Conflict, Interrupted, NotFound
@@ -42,14 +43,15 @@ class ReplyScheduler:
         self._closing = False
 
     @property
-    def model_name(self) -> str:
-        return self._tools.model.model
+    def defaults(self) -> ReplySettings:
+        """The server's model and system prompt, for sessions that choose none."""
+        return ReplySettings(self._tools.model.model, self._tools.settings.ai_system_prompt)
 
     # Starting
 
-    async def start(self, record_id: str, user_message: MessageOut) -> None:
+    async def start(self, record_id: str, user_message: MessageOut, reply: ReplySettings) -> None:
         """Queue a reply whose record (status 0) is committed; when there is no room, end it as `busy`."""
-        run = ReplyRun(self._tools, record_id, user_message)
+        run = ReplyRun(self._tools, record_id, user_message, reply)
         if self._closing or len(self._runs) >= self._capacity:
             error = Interrupted("the server is shutting down") if self._closing else Busy("too many replies waiting")
             await run.conclude(refusal(error))

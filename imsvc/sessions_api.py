@@ -1,0 +1,129 @@
+"""HTTP routes of sessions (SPEC §4, §11, §12): create, list, read one with its members, change settings,
+add and remove members."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imsvc import store
+from imsvc.api import read_json, render, user_of, validate
+from imsvc.schemas import (
+    AddMemberIn,
+    CreateSessionIn,
+    MemberInfo,
+    MemberOut,
+    RemovedOut,
+    SessionDetailOut,
+    SessionList,
+    SessionOut,
+    SessionPatchIn,
+    message_out,
+)
+from imsvc.services import Services, services
+
+
+def session_id_of(request: Request) -> str:
+    """The path's session id, checked like any other (422 names `session_id`)."""
+    session_id: str = validate(CreateSessionIn, {"session_id": request.path_params["session_id"]}).session_id or ""
+    return session_id
+
+
+def session_out(listed: store.Listed) -> SessionOut:
+    session = listed.session
+    return SessionOut(
+        session_id=session.session_id,
+        title=session.title,
+        created_by=session.created_by,
+        ai_enabled=session.ai_enabled,
+        ai_trigger=session.ai_trigger,
+        ai_system_prompt=session.ai_system_prompt,
+        ai_model=session.ai_model,
+        last_seq=session.last_seq,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        role=listed.role,
+        last_read_seq=listed.last_read_seq,
+        unread=listed.unread,
+        last_message=message_out(listed.last_message) if listed.last_message is not None else None,
+    )
+
+
+async def detail(svc: Services, session_id: str, user_id: str) -> SessionDetailOut:
+    async with svc.db.reader() as s:
+        listed = await store.session_of(s, session_id, user_id)
+        members = await store.members_of(s, session_id)
+    return SessionDetailOut(
+        **session_out(listed).model_dump(),
+        members=[
+            MemberInfo(
+                user_id=m.user_id,
+                role=m.role,
+                joined_at=m.joined_at,
+                last_read_seq=m.last_read_seq,
+                online=svc.hub.online(m.user_id),
+            )
+            for m in members
+        ],
+    )
+
+
+async def create_session(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, CreateSessionIn)
+    svc = services(request)
+    session = await svc.chat.create_session(user_id, body.session_id, body.title, body.members, body.ai_enabled)
+    async with svc.db.reader() as s:
+        listed = await store.session_of(s, session.session_id, user_id)
+    return render(session_out(listed), 201)
+
+
+async def list_sessions(request: Request) -> Response:
+    user_id = user_of(request)
+    async with services(request).db.reader() as s:
+        listed = await store.sessions_of(s, user_id)
+    return render(SessionList(sessions=[session_out(row) for row in listed]))
+
+
+async def get_session(request: Request) -> Response:
+    user_id = user_of(request)
+    return render(await detail(services(request), session_id_of(request), user_id))
+
+
+async def patch_session(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, SessionPatchIn)
+    session_id = session_id_of(request)
+    svc = services(request)
+    await svc.chat.configure(user_id, session_id, body.given())
+    async with svc.db.reader() as s:
+        listed = await store.session_of(s, session_id, user_id)
+    return render(session_out(listed))
+
+
+async def add_member(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, AddMemberIn)
+    added = await services(request).chat.add_member(user_id, session_id_of(request), body.user_id)
+    out = MemberOut(session_id=added.session_id, user_id=added.user_id, role=added.role, joined_at=added.joined_at)
+    return render(out, 201 if added.created else 200)
+
+
+async def remove_member(request: Request) -> Response:
+    user_id = user_of(request)
+    session_id = session_id_of(request)
+    target = validate(AddMemberIn, {"user_id": request.path_params["user_id"]}).user_id
+    removed = await services(request).chat.remove_member(user_id, session_id, target)
+    return render(RemovedOut(session_id=removed.session_id, user_id=removed.user_id, action=removed.action))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/sessions", create_session, methods=["POST"]),
+        Route("/sessions", list_sessions, methods=["GET"]),
+        Route("/sessions/{session_id}", get_session, methods=["GET"]),
+        Route("/sessions/{session_id}", patch_session, methods=["PATCH"]),
+        Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
+        Route("/sessions/{session_id}/members/{user_id}", remove_member, methods=["DELETE"]),
+    ]
