@@ -247,7 +247,12 @@ class Batch:
         if self.rows:
             rows = [item.row for item in self.rows if item.row is not None]
             advanced = {sid: self.last_seqs[sid] for sid in {row["session_id"] for row in rows}}
-            for row, row_id in zip(rows, await ledger.append_rows(c, rows, advanced, self.now), strict=True):
+            read = {
+                (item.op.session_id, item.op.author): item.row["seq"]
+                for item in self.rows
+                if isinstance(item.op, Send) and item.row is not None
+            }
+            for row, row_id in zip(rows, await ledger.append_rows(c, rows, advanced, read, self.now), strict=True):
                 row["id"] = row_id
         await ledger.insert_members(c, self.members)
         await ledger.remove_members(c, self.gone)
@@ -299,13 +304,14 @@ class Batch:
                 item.result = Added(op.session_id, op.user_id, present.role, present.joined_at, False)
                 return
             roles[(op.session_id, op.user_id)] = ledger.Membership("member", self.now)
-            self.members.append(
-                {"session_id": op.session_id, "user_id": op.user_id, "role": "member", "joined_at": self.now}
-            )
+            member = {"session_id": op.session_id, "user_id": op.user_id, "role": "member", "joined_at": self.now}
+            self.members.append(member)
             if op.session_id in self.rosters:
                 self.rosters[op.session_id].append((op.user_id, "member"))
             data = {"user_id": op.user_id, "action": "added", "role": "member"}
             self._add_row(item, op.session_id, op.actor, Kind.MEMBER, "", None, data=data)
+            assert item.row is not None
+            member["last_read_seq"] = item.row["seq"]  # a member added later has read up to their joining
             item.result = Added(op.session_id, op.user_id, "member", self.now, True)
             item.joined = (op.user_id,)
         else:
@@ -328,7 +334,8 @@ class Batch:
             data["new_owner"] = heir
             if heir is not None:
                 roster[0] = (heir, "owner")
-                roles[(op.session_id, heir)] = ledger.Membership("owner", roles[(op.session_id, heir)].joined_at)
+                known = roles.get((op.session_id, heir))
+                roles[(op.session_id, heir)] = ledger.Membership("owner", known.joined_at if known else self.now)
                 self.new_roles.append((op.session_id, heir, "owner"))
         self.rosters[op.session_id] = roster
         del roles[(op.session_id, op.user_id)]

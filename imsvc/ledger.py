@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -211,13 +211,23 @@ async def insert_members(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
 
 
 async def append_rows(
-    c: AsyncConnection, rows: Sequence[dict[str, Any]], last_seqs: dict[str, int], now: datetime
+    c: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    last_seqs: dict[str, int],
+    read_up_to: dict[tuple[str, str], int],
+    now: datetime,
 ) -> list[int]:
-    """Insert message rows (every column but `id`) and move their sessions' `last_seq`; the rows' ids, in order."""
+    """Insert message rows (every column but `id`), move their sessions' `last_seq`, and the senders' read
+    markers to what they sent (SPEC §12: markers only move forward); the rows' ids, in order."""
     if _postgres(c):  # one statement, one round trip
         params: dict[str, Any] = {name: [row.get(name) for row in rows] for name in _MESSAGE_COLUMNS}
         params["data"] = [json.dumps(d) if d is not None else None for d in params["data"]]
         params |= {"adv_sid": list(last_seqs), "adv_seq": list(last_seqs.values()), "now": now}
+        params |= {
+            "mk_sid": [sid for sid, _ in read_up_to],
+            "mk_uid": [uid for _, uid in read_up_to],
+            "mk_seq": list(read_up_to.values()),
+        }
         ids = {r.message_id: r.id for r in await c.execute(_PG_APPEND, params)}
         return [ids[row["message_id"]] for row in rows]
     result = await c.execute(insert(messages).returning(messages.c.id, sort_by_parameter_order=True), list(rows))
@@ -228,6 +238,13 @@ async def append_rows(
         .values(last_seq=bindparam("seq"), updated_at=now),
         [{"sid": sid, "seq": seq} for sid, seq in last_seqs.items()],
     )
+    if read_up_to:
+        await c.execute(
+            update(members)
+            .where(members.c.session_id == bindparam("sid"), members.c.user_id == bindparam("uid"))
+            .values(last_read_seq=func.max(members.c.last_read_seq, bindparam("seq"))),  # SQLite's two-argument max
+            [{"sid": sid, "uid": uid, "seq": seq} for (sid, uid), seq in read_up_to.items()],
+        )
     return inserted
 
 
@@ -377,7 +394,10 @@ _PG_MEMBERSHIPS = text(
 _PG_APPEND = text(
     "WITH advanced AS (UPDATE sessions SET last_seq = w.seq, updated_at = :now"
     " FROM unnest(CAST(:adv_sid AS TEXT[]), CAST(:adv_seq AS BIGINT[])) AS w(sid, seq)"
-    " WHERE sessions.session_id = w.sid RETURNING 1)"
+    " WHERE sessions.session_id = w.sid RETURNING 1),"
+    " marked AS (UPDATE session_members SET last_read_seq = GREATEST(last_read_seq, w.seq)"
+    " FROM unnest(CAST(:mk_sid AS TEXT[]), CAST(:mk_uid AS TEXT[]), CAST(:mk_seq AS BIGINT[])) AS w(sid, uid, seq)"
+    " WHERE session_members.session_id = w.sid AND session_members.user_id = w.uid RETURNING 1)"
     " INSERT INTO messages (message_id, session_id, seq, from_user_id, msg_type, msg_content, client_msg_id,"
     " created_at, updated_at, target_message_id, data)"
     " SELECT * FROM unnest(CAST(:message_id AS TEXT[]), CAST(:session_id AS TEXT[]), CAST(:seq AS BIGINT[]),"
