@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics.watch_sockets(lambda: hub.count)
         sequencer = Sequencer(db, bus, metrics)
         replies = ReplyScheduler(settings, db, bus, sequencer, make_model(settings), metrics)
-        chat = Chat(settings, db, bus, sequencer, replies)
+        chat = Chat(settings, db, bus, hub, sequencer, replies)
         await replies.interrupt_orphans()
         sequencer.start()
         svc = Services(

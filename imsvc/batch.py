@@ -21,7 +21,15 @@ from imsvc.errors import Forbidden, ImsvcError, NotFound
 from imsvc.events import Event
 from imsvc.ledger import Original, RecordOutcome
 from imsvc.models import RecordStatus
-from imsvc.schemas import ErrorDetail, FrameId, MessageOut, NewMessageFrame, final_reply_frame, message_out
+from imsvc.schemas import (
+    ErrorDetail,
+    FrameId,
+    MessageOut,
+    NewMessageFrame,
+    ReadMarkerFrame,
+    final_reply_frame,
+    message_out,
+)
 from imsvc.store import new_id
 
 
@@ -92,6 +100,17 @@ class Configure:
 
 
 @dataclass(frozen=True, slots=True)
+class MarkRead:
+    """A member's read marker moves forward to `seq`, clamped to the session's last_seq (SPEC §12)."""
+
+    session_id: str
+    user_id: str
+    seq: int
+    origin: str | None = None
+    ref: FrameId | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyEnd:
     """An AI reply's outcome: its text stored as the assistant's message (when there is any), its record closed."""
 
@@ -104,7 +123,7 @@ class ReplyEnd:
     error: ImsvcError | None = None  # None: the reply ended (`ai_reply`); else `ai_reply_error` with this code
 
 
-Op = Send | Change | AddMember | RemoveMember | Configure | ReplyEnd
+Op = Send | Change | AddMember | RemoveMember | Configure | MarkRead | ReplyEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +165,15 @@ class Configured:
     changed: dict[str, Any]  # the fields that changed, with their new values (empty: nothing did)
 
 
-Result = Stored | Changed | Added | Removed | Configured | MessageOut | None
+@dataclass(frozen=True, slots=True)
+class Marked:
+    session_id: str
+    user_id: str
+    last_read_seq: int
+    moved: bool
+
+
+Result = Stored | Changed | Added | Removed | Configured | Marked | MessageOut | None
 
 
 @dataclass(slots=True)
@@ -181,6 +208,8 @@ def actor_of(op: Op) -> str | None:
         return op.author
     if isinstance(op, Change | AddMember | RemoveMember | Configure):
         return op.actor
+    if isinstance(op, MarkRead):
+        return op.user_id
     return None
 
 
@@ -197,6 +226,8 @@ class Batch:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     sessions: dict[str, ledger.SessionState] = field(default_factory=dict)
     rosters: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    read_marks: dict[tuple[str, str], int] = field(default_factory=dict)  # moved by this batch
+    marker_writes: dict[tuple[str, str], int] = field(default_factory=dict)
     last_seqs: dict[str, int] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     _first_of: dict[tuple[str, str, str], Item] = field(default_factory=dict)
@@ -257,6 +288,7 @@ class Batch:
         await ledger.insert_members(c, self.members)
         await ledger.remove_members(c, self.gone)
         await ledger.set_roles(c, self.new_roles)
+        await ledger.set_read_markers(c, self.marker_writes)
         await ledger.update_sessions(c, self.settings)
         await ledger.insert_records(c, self.records)
         await ledger.finish_records(c, self.ends, self.now)
@@ -275,6 +307,8 @@ class Batch:
                 created.discard(op.session_id)  # its first message tells the hub who is in it
                 item.joined = (op.author,)
             self._add_row(item, op.session_id, op.author, Kind.TEXT, op.content, op.client_msg_id)
+            assert item.row is not None
+            self.read_marks[(op.session_id, op.author)] = item.row["seq"]  # written with the row
             session = self.sessions[op.session_id]
             fires = session.ai_trigger == "always" or op.mentions
             if op.assistant is not None and session.ai_enabled and fires:
@@ -288,6 +322,13 @@ class Batch:
             self._remove(item, op, roles)
         elif isinstance(op, Configure):
             self._configure(item, op, roles)
+        elif isinstance(op, MarkRead):
+            key = (op.session_id, op.user_id)
+            current = self.read_marks.get(key, roles[key].last_read_seq)
+            marker = max(current, min(op.seq, self.last_seqs[op.session_id]))
+            if marker > current:
+                self.read_marks[key] = self.marker_writes[key] = marker
+            item.result = Marked(op.session_id, op.user_id, marker, marker > current)
         elif isinstance(op, Change):
             target = self.targets.get(op.message_id)
             if target is None or target.session_id != op.session_id:
@@ -400,9 +441,14 @@ class Batch:
             if first.error is not None or (first.row is None and first.result is None):
                 return None, first.error or RuntimeError("the original failed"), None
             return _repeated(self.outcome(first)[0]), None, None
+        op = item.op
+        if isinstance(op, MarkRead) and isinstance(item.result, Marked) and item.result.moved:
+            marker = ReadMarkerFrame(
+                session_id=op.session_id, user_id=op.user_id, last_read_seq=item.result.last_read_seq
+            )
+            return item.result, None, Event(op.session_id, marker, origin=op.origin, ref=op.ref)
         if item.error is not None or (item.result is not None and item.row is None):
             return item.result, item.error, None
-        op = item.op
         message = message_out(SimpleNamespace(**item.row)) if item.row is not None else None
         if isinstance(op, Send):
             assert message is not None
@@ -417,6 +463,7 @@ class Batch:
             assert message is not None
             row = NewMessageFrame(message=message)
             return item.result, None, Event(op.session_id, row, message.seq, joined=item.joined, left=item.left)
+        assert isinstance(op, ReplyEnd)
         error = ErrorDetail(code=op.error.code, message=op.error.message) if op.error else None
         final = final_reply_frame(
             op.record_id, op.session_id, op.user_message_id, op.text, message, op.outcome.finish_reason, error

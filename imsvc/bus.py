@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from imsvc.events import Event
+from imsvc.events import Event, Presence
 from imsvc.hub import Hub
 
 
 class Bus(Protocol):
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event | Presence) -> None:
         """Deliver `event` to every process's sockets; never blocks, so callers keep their order."""
         ...
 
@@ -20,5 +20,8 @@ class MemoryBus:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def publish(self, event: Event) -> None:
-        self._hub.deliver(event)
+    def publish(self, event: Event | Presence) -> None:
+        if isinstance(event, Presence):
+            self._hub.deliver_presence(event)
+        else:
+            self._hub.deliver(event)

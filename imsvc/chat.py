@@ -3,6 +3,7 @@ start the replies that a stored message asks for."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -14,6 +15,8 @@ from imsvc.batch import (
     Changed,
     Configure,
     Configured,
+    Marked,
+    MarkRead,
     Removed,
     RemoveMember,
     ReplySettings,
@@ -23,27 +26,48 @@ from imsvc.batch import (
 from imsvc.bus import Bus
 from imsvc.changes import Kind
 from imsvc.db import Database
-from imsvc.errors import NotFound, RateLimited, ValidationFailed
+from imsvc.errors import Forbidden, NotFound, RateLimited, ValidationFailed
 from imsvc.events import Event
-from imsvc.hub import Connection
+from imsvc.hub import Connection, Hub
 from imsvc.mention import mention_pattern, mentions
 from imsvc.models import ChatSession, RecordStatus
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
-from imsvc.schemas import FrameId, MessageOut, message_out, sent_frame
+from imsvc.schemas import FrameId, MessageOut, ReadMarkerFrame, TypingNotice, message_out, sent_frame
 from imsvc.sequencer import Sequencer
 from imsvc.settings import Settings
 
 SYNC_LIMIT = 200
+TYPING_INTERVAL_S = 2.0
 
 T = TypeVar("T")
 
 
+class TypingThrottle:
+    """When each user last had an `active: true` forwarded, per session (SPEC §12: one per 2 s)."""
+
+    def __init__(self, interval_s: float = TYPING_INTERVAL_S) -> None:
+        self._interval = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def allow(self, user_id: str, session_id: str) -> bool:
+        now = time.monotonic()
+        if len(self._last) > 10_000:  # forget what no longer throttles anything
+            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
+        last = self._last.get((user_id, session_id))
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[(user_id, session_id)] = now
+        return True
+
+
 class Chat:
     def __init__(
-        self, settings: Settings, db: Database, bus: Bus, sequencer: Sequencer, replies: ReplyScheduler
+        self, settings: Settings, db: Database, bus: Bus, hub: Hub, sequencer: Sequencer, replies: ReplyScheduler
     ) -> None:
         self._db = db
+        self._hub = hub
+        self._typing = TypingThrottle()
         self._mention = mention_pattern(settings.ai_bot_user_id, settings.ai_bot_mention)
         self._models = settings.ai_model_list
         self._bus = bus
@@ -162,6 +186,27 @@ class Chat:
         if not configured.changed:
             self._limiter.give_back(actor)
         return configured
+
+    async def read(
+        self, user_id: str, session_id: str, seq: int, origin: Connection | None = None, ref: FrameId | None = None
+    ) -> Marked:
+        """Move the user's read marker forward (SPEC §12); every member's sockets hear of it when it moves."""
+        origin_id = origin.id if origin is not None else None
+        marked = await self._sequencer.mark_read(MarkRead(session_id, user_id, seq, origin_id, ref))
+        if not marked.moved and origin is not None:
+            origin.send(
+                ReadMarkerFrame(ref=ref, session_id=session_id, user_id=user_id, last_read_seq=marked.last_read_seq)
+            )
+        return marked
+
+    def typing(self, conn: Connection, session_id: str, active: bool) -> None:
+        """Tell the other members' sockets; never stored. At most one `active` per user and session per 2 s."""
+        if not self._hub.member(conn.user_id, session_id):
+            raise Forbidden("not a member of this session")
+        if active and not self._typing.allow(conn.user_id, session_id):
+            return
+        notice = TypingNotice(session_id=session_id, user_id=conn.user_id, active=active)
+        self._bus.publish(Event(session_id, notice, skip_user=conn.user_id))
 
     def _take(self, user_id: str) -> None:
         wait = self._limiter.take(user_id)

@@ -23,13 +23,23 @@ from imsvc.schemas import (
     AiReplyStartFrame,
     FrameId,
     NewMessageFrame,
+    ReadMarkerFrame,
     ServerFrame,
+    TypingNotice,
     sent_frame,
 )
 
 MAX_ENCODED = 8000
 
-EventFrame = NewMessageFrame | AiReplyStartFrame | AiReplyDeltaFrame | AiReplyFrame | AiReplyErrorFrame
+EventFrame = (
+    NewMessageFrame
+    | AiReplyStartFrame
+    | AiReplyDeltaFrame
+    | AiReplyFrame
+    | AiReplyErrorFrame
+    | ReadMarkerFrame
+    | TypingNotice
+)
 _frames: TypeAdapter[EventFrame] = TypeAdapter(Annotated[EventFrame, Field(discriminator="type")])
 
 
@@ -42,12 +52,24 @@ class Event:
     ref: FrameId | None = None  # the origin frame's id, echoed in its `message_sent`
     joined: tuple[str, ...] = ()  # users who became members: they receive this event and what follows
     left: tuple[str, ...] = ()  # users who stopped being members: they receive this event, nothing after
+    skip_user: str | None = None  # a user none of whose sockets receive it (typing: not the typist)
 
     def answer(self) -> ServerFrame | None:
-        """What the origin socket receives instead of `frame`."""
-        if not isinstance(self.frame, NewMessageFrame):
-            return self.frame
-        return sent_frame(self.frame.message, self.ref, duplicate=False)
+        """What the origin socket receives instead of `frame`: the direct answer, with the frame's `ref`."""
+        if isinstance(self.frame, NewMessageFrame):
+            return sent_frame(self.frame.message, self.ref, duplicate=False)
+        if isinstance(self.frame, ReadMarkerFrame):
+            return self.frame.model_copy(update={"ref": self.ref})
+        return self.frame
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A user's first socket opened or last one closed: for every user who shares one of `sessions` with them."""
+
+    user_id: str
+    online: bool
+    sessions: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +91,8 @@ def encode(event: Event) -> list[str]:
     head: dict[str, Any] = {"s": event.session_id, "q": event.seq, "o": event.origin, "r": event.ref}
     if event.joined or event.left:
         head |= {"j": list(event.joined), "l": list(event.left)}
+    if event.skip_user is not None:
+        head["x"] = event.skip_user
     whole = json.dumps({**head, "f": event.frame.model_dump(mode="json") if event.frame else None})
     if len(whole.encode()) <= MAX_ENCODED:
         return [whole]

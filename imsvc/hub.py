@@ -14,10 +14,10 @@ from collections.abc import Iterable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from imsvc.events import Event
+from imsvc.events import Event, Presence
 from imsvc.logs import get_logger
 from imsvc.outbox import Outbox
-from imsvc.schemas import ServerFrame
+from imsvc.schemas import PresenceFrame, ServerFrame
 
 log = get_logger(__name__)
 
@@ -133,17 +133,28 @@ class Hub:
                     self._join(user_id, session_id)
         self._done_loading(user_id)
 
-    def unregister(self, conn: Connection) -> None:
+    def unregister(self, conn: Connection) -> tuple[str, ...] | None:
+        """Remove a socket; when it was its user's last one here, the sessions they were in (else None)."""
         conns = self._by_user.get(conn.user_id)
         if conns is None or conn not in conns:
-            return
+            return None
         conns.discard(conn)
         del self._by_id[conn.id]
         self._count -= 1
-        if not conns:
-            del self._by_user[conn.user_id]
-            for session_id in self._sessions_of.pop(conn.user_id, set()):
-                self._drop_member(session_id, conn.user_id)
+        if conns:
+            return None
+        del self._by_user[conn.user_id]
+        sessions = self._sessions_of.pop(conn.user_id, set())
+        for session_id in sessions:
+            self._drop_member(session_id, conn.user_id)
+        return tuple(sessions)
+
+    def sessions(self, user_id: str) -> tuple[str, ...]:
+        return tuple(self._sessions_of.get(user_id, ()))
+
+    def member(self, user_id: str, session_id: str) -> bool:
+        """Whether a connected user is a member of the session, as far as the events tell."""
+        return session_id in self._sessions_of.get(user_id, ())
 
     def _done_loading(self, user_id: str) -> None:
         remaining = self._loading.get(user_id, 1) - 1
@@ -187,6 +198,8 @@ class Hub:
                     origin.send(answer)
             text: str | None = None
             for user_id in self._members_here.get(event.session_id, ()):
+                if user_id == event.skip_user:
+                    continue
                 for conn in self._by_user[user_id]:
                     if conn is origin:
                         continue
@@ -195,6 +208,18 @@ class Hub:
                     conn.send(event.frame, text)
         for user_id in event.left:
             self._leave(user_id, event.session_id)
+
+    def deliver_presence(self, presence: Presence) -> None:
+        """Once to every socket of every other connected user who shares one of its sessions."""
+        users: set[str] = set()
+        for session_id in presence.sessions:
+            users |= self._members_here.get(session_id, set())
+        users.discard(presence.user_id)
+        frame = PresenceFrame(user_id=presence.user_id, online=presence.online)
+        text = frame.wire()
+        for user_id in users:
+            for conn in self._by_user[user_id]:
+                conn.send(frame, text)
 
     def close_all(self, code: int, reason: str) -> None:
         for conns in self._by_user.values():

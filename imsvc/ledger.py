@@ -52,6 +52,7 @@ class SessionState:
 class Membership:
     role: str
     joined_at: datetime
+    last_read_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,17 @@ async def remove_members(c: AsyncConnection, gone: Sequence[tuple[str, str]]) ->
         )
 
 
+async def set_read_markers(c: AsyncConnection, markers: dict[tuple[str, str], int]) -> None:
+    """(session, user) → the read marker it moves forward to."""
+    if markers:
+        await c.execute(
+            update(members)
+            .where(members.c.session_id == bindparam("sid"), members.c.user_id == bindparam("uid"))
+            .values(last_read_seq=bindparam("seq")),
+            [{"sid": sid, "uid": uid, "seq": seq} for (sid, uid), seq in markers.items()],
+        )
+
+
 async def set_roles(c: AsyncConnection, roles: Sequence[tuple[str, str, str]]) -> None:
     """(session, user, role) for members whose role changed (a new owner)."""
     if roles:
@@ -196,13 +208,13 @@ async def memberships(c: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> d
         return {}
     if _postgres(c):
         found = await c.execute(_PG_MEMBERSHIPS, {"s": [p[0] for p in wanted], "u": [p[1] for p in wanted]})
-        return {(r.session_id, r.user_id): Membership(r.role, r.joined_at) for r in found}
+        return {(r.session_id, r.user_id): Membership(r.role, r.joined_at, r.last_read_seq) for r in found}
     rows = await c.execute(
-        select(members.c.session_id, members.c.user_id, members.c.role, members.c.joined_at).where(
-            tuple_(members.c.session_id, members.c.user_id).in_(wanted)
-        )
+        select(
+            members.c.session_id, members.c.user_id, members.c.role, members.c.joined_at, members.c.last_read_seq
+        ).where(tuple_(members.c.session_id, members.c.user_id).in_(wanted))
     )
-    return {(r.session_id, r.user_id): Membership(r.role, r.joined_at) for r in rows}
+    return {(r.session_id, r.user_id): Membership(r.role, r.joined_at, r.last_read_seq) for r in rows}
 
 
 async def insert_members(c: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -387,7 +399,7 @@ _PG_LOCK = text(
     " WHERE session_id = ANY(CAST(:ids AS TEXT[])) ORDER BY session_id FOR UPDATE"
 )
 _PG_MEMBERSHIPS = text(
-    "SELECT m.session_id, m.user_id, m.role, m.joined_at FROM session_members m"
+    "SELECT m.session_id, m.user_id, m.role, m.joined_at, m.last_read_seq FROM session_members m"
     " JOIN unnest(CAST(:s AS TEXT[]), CAST(:u AS TEXT[])) AS w(sid, uid)"
     " ON m.session_id = w.sid AND m.user_id = w.uid"
 )

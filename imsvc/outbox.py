@@ -1,10 +1,11 @@
 """A bounded buffer of outgoing frames that coalesces what may be merged, for a socket or an SSE stream.
 
-Frames with a coalescing key (today: the deltas of one reply) do not take places: a waiting frame
-of the same key absorbs the next one, so a slow reader of a long reply gets fewer, larger deltas.
-Only other frames count against the limit; past it, `put` answers False and the owner gives up
-on the reader (a socket is closed 1008). A frame without a key ends every merge before it, so that
-nothing merges in front of a snapshot or a final reply.
+Frames with a coalescing key do not take places. The deltas of one reply merge: a waiting delta
+absorbs the next one, so a slow reader of a long reply gets fewer, larger deltas; a frame without a
+key ends every merge before it, so that nothing merges in front of a snapshot or a final reply.
+Typing and presence frames are state, not a stream: a waiting one is replaced by the newest of the
+same user (and session). Only frames without a key count against the limit; past it, `put` answers
+False and the owner gives up on the reader (a socket is closed 1008).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import asyncio
 from collections import deque
 from collections.abc import Hashable
 
-from imsvc.schemas import AiReplyDeltaFrame, ServerFrame
+from imsvc.schemas import AiReplyDeltaFrame, PresenceFrame, ServerFrame, TypingNotice
 
 
 def coalescing_key(frame: ServerFrame) -> Hashable | None:
     if isinstance(frame, AiReplyDeltaFrame):
         return ("delta", frame.record_id)
+    if isinstance(frame, TypingNotice):
+        return ("typing", frame.user_id, frame.session_id)
+    if isinstance(frame, PresenceFrame):
+        return ("presence", frame.user_id)
     return None
 
 
@@ -28,7 +33,12 @@ def merged(waiting: ServerFrame, new: ServerFrame) -> ServerFrame | None:
         if waiting.offset + len(waiting.delta) != new.offset:
             return None
         return waiting.model_copy(update={"delta": waiting.delta + new.delta})
-    return None
+    return new  # typing, presence: the newest state wins
+
+
+def _streamed(key: Hashable) -> bool:
+    """Whether frames of this key are a stream (merges end at a counted frame) rather than a state."""
+    return isinstance(key, tuple) and key[0] == "delta"
 
 
 class Item:
@@ -68,7 +78,7 @@ class Outbox:
             if waiting is not None and waiting.frame is not None and frame is not None:
                 joined = merged(waiting.frame, frame)
                 if joined is not None:
-                    waiting.frame, waiting.text = joined, None
+                    waiting.frame, waiting.text = joined, text if joined is frame else None
                     return True
             item = Item(frame, text, key)
             self._open_merges[key] = item
@@ -77,7 +87,8 @@ class Outbox:
                 return False
             item = Item(frame, text, None)
             self._counted += 1
-            self._open_merges.clear()
+            for stream in [k for k in self._open_merges if _streamed(k)]:
+                del self._open_merges[stream]
         self._items.append(item)
         self._ready.set()
         return True

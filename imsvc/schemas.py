@@ -114,6 +114,16 @@ class ListQuery(Body):
         return self
 
 
+class ReadIn(Body):
+    seq: Annotated[int, Field(ge=0)]
+
+
+class ReadMarkerOut(BaseModel):
+    session_id: str
+    user_id: str
+    last_read_seq: int
+
+
 class RecordsQuery(Body):
     session_id: Identifier
     limit: Annotated[int, Field(ge=1, le=200)] = 50
@@ -329,6 +339,18 @@ class UnreactFrame(ClientFrame):
     client_msg_id: ClientMsgId | None = None
 
 
+class ReadFrame(ClientFrame):
+    type: Literal["read"]
+    session_id: Identifier
+    seq: Annotated[int, Field(ge=0)]
+
+
+class TypingFrame(ClientFrame):
+    type: Literal["typing"]
+    session_id: Identifier
+    active: bool = True
+
+
 Inbound = (
     SendMessageFrame
     | AiCancelFrame
@@ -338,10 +360,23 @@ Inbound = (
     | DeleteMessageFrame
     | ReactFrame
     | UnreactFrame
+    | ReadFrame
+    | TypingFrame
 )
 InboundFrame = Annotated[Inbound, Field(discriminator="type")]
 INBOUND_TYPES = frozenset(
-    {"send_message", "ai_cancel", "sync", "ping", "edit_message", "delete_message", "react", "unreact"}
+    {
+        "send_message",
+        "ai_cancel",
+        "sync",
+        "ping",
+        "edit_message",
+        "delete_message",
+        "react",
+        "unreact",
+        "read",
+        "typing",
+    }
 )
 
 
@@ -386,6 +421,29 @@ class ErrorFrame(ServerFrame):
     code: str
     message: str
     ref: FrameId | None = None
+
+
+class ReadMarkerFrame(ServerFrame):
+    """A member's read marker moved (SPEC §12); `ref` only on the reader's own answer."""
+
+    type: Literal["read_marker"] = "read_marker"
+    ref: FrameId | None = None
+    session_id: str
+    user_id: str
+    last_read_seq: int
+
+
+class TypingNotice(ServerFrame):
+    type: Literal["typing"] = "typing"
+    session_id: str
+    user_id: str
+    active: bool
+
+
+class PresenceFrame(ServerFrame):
+    type: Literal["presence"] = "presence"
+    user_id: str
+    online: bool
 
 
 class AiReplyStartFrame(ServerFrame):

@@ -32,6 +32,8 @@ from imsvc.batch import (
     Configure,
     Configured,
     Item,
+    Marked,
+    MarkRead,
     Op,
     Removed,
     RemoveMember,
@@ -91,6 +93,10 @@ class Sequencer:
 
     async def configure(self, op: Configure) -> Configured:
         result: Configured = await self._submit(op)
+        return result
+
+    async def mark_read(self, op: MarkRead) -> Marked:
+        result: Marked = await self._submit(op)
         return result
 
     async def end_reply(self, op: ReplyEnd) -> MessageOut | None:
@@ -158,7 +164,12 @@ class Sequencer:
                 return
             log.warning("a commit's answer was lost, but it was stored")
         for item in items:  # synchronous: events leave in seq order
-            result, error, event = batch.outcome(item)
+            try:
+                result, error, event = batch.outcome(item)
+            except Exception as exc:  # stored, but not told: this item alone fails (its client may sync)
+                log.exception("an event was stored but could not be told")
+                _settle(item, error=exc)
+                continue
             if event is not None:
                 if event.seq is not None:
                     self._metrics.messages_stored.inc()

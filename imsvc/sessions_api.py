@@ -14,6 +14,8 @@ from imsvc.schemas import (
     CreateSessionIn,
     MemberInfo,
     MemberOut,
+    ReadIn,
+    ReadMarkerOut,
     RemovedOut,
     SessionDetailOut,
     SessionList,
@@ -118,6 +120,15 @@ async def remove_member(request: Request) -> Response:
     return render(RemovedOut(session_id=removed.session_id, user_id=removed.user_id, action=removed.action))
 
 
+async def read(request: Request) -> Response:
+    user_id = user_of(request)
+    body = await read_json(request, ReadIn)
+    marked = await services(request).chat.read(user_id, session_id_of(request), body.seq)
+    return render(
+        ReadMarkerOut(session_id=marked.session_id, user_id=marked.user_id, last_read_seq=marked.last_read_seq)
+    )
+
+
 def routes() -> list[Route]:
     return [
         Route("/sessions", create_session, methods=["POST"]),
@@ -126,4 +137,5 @@ def routes() -> list[Route]:
         Route("/sessions/{session_id}", patch_session, methods=["PATCH"]),
         Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
         Route("/sessions/{session_id}/members/{user_id}", remove_member, methods=["DELETE"]),
+        Route("/sessions/{session_id}/read", read, methods=["POST"]),
     ]

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from imsvc.auth import bearer, verify_token
 from imsvc.changes import Kind
 from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
+from imsvc.events import Presence
 from imsvc.hub import CLOSE_SHUTDOWN, Connection
 from imsvc.logs import bound, get_logger
 from imsvc.schemas import (
@@ -29,9 +30,11 @@ from imsvc.schemas import (
     PingFrame,
     PongFrame,
     ReactFrame,
+    ReadFrame,
     SendMessageFrame,
     SyncFrame,
     SyncResultFrame,
+    TypingFrame,
     UnreactFrame,
 )
 from imsvc.services import Services, services
@@ -94,18 +97,23 @@ async def endpoint(websocket: WebSocket) -> None:
         await refuse(websocket, CLOSE_SHUTDOWN, "server shutting down")
         return
     conn = Connection(websocket, user_id, svc.settings.ws_send_queue)
+    first = not svc.hub.online(user_id)
     if not svc.hub.register(conn):
         await refuse(websocket, CLOSE_TRY_AGAIN, "too many connections")
         return
     # Subscribed before the handshake completes: once the client is connected, it misses nothing.
     loader = None if await subscribe(svc, conn) else asyncio.create_task(resubscribe(svc, conn))
+    if first:
+        svc.bus.publish(Presence(user_id, True, svc.hub.sessions(user_id)))
     await websocket.accept()
     structlog.contextvars.bind_contextvars(user_id=user_id)
     sender = asyncio.create_task(conn.run_sender())
     try:
         await receive_loop(svc, websocket, conn)
     finally:
-        svc.hub.unregister(conn)
+        sessions = svc.hub.unregister(conn)
+        if sessions is not None:  # its user's last socket here
+            svc.bus.publish(Presence(user_id, False, sessions))
         if loader is not None:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,6 +199,10 @@ async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
                 await chat.change(user, Kind.EDIT, frame.message_id, frame.content, frame.client_msg_id, conn, frame.id)
             case DeleteMessageFrame():
                 await chat.change(user, Kind.DELETE, frame.message_id, "", frame.client_msg_id, conn, frame.id)
+            case ReadFrame():
+                await chat.read(user, frame.session_id, frame.seq, conn, frame.id)
+            case TypingFrame():
+                chat.typing(conn, frame.session_id, frame.active)
             case ReactFrame() | UnreactFrame():
                 kind = Kind.REACT if isinstance(frame, ReactFrame) else Kind.UNREACT
                 await chat.change(user, kind, frame.message_id, frame.emoji, frame.client_msg_id, conn, frame.id)

@@ -71,23 +71,31 @@ class LiveServer:
         return body
 
     @asynccontextmanager
-    async def ws(self, user: str, path: str = "/ws", tok: str | None = None) -> AsyncIterator[WsClient]:
+    async def ws(
+        self, user: str, path: str = "/ws", tok: str | None = None, presence: bool = False
+    ) -> AsyncIterator[WsClient]:
         uri = f"{self.ws_url}{path}?token={tok or token(user)}"
         async with connect(uri, max_size=None, open_timeout=WAIT) as conn:
-            yield WsClient(conn)
+            yield WsClient(conn, presence)
 
 
 class WsClient:
-    def __init__(self, conn: ClientConnection) -> None:
+    """A test's socket. Unless asked for them, it drops `presence` frames (others' sockets opening and
+    closing), as a client that shows no presence would: tests of other frames expect them exactly."""
+
+    def __init__(self, conn: ClientConnection, presence: bool = False) -> None:
         self.conn = conn
+        self.presence = presence
 
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.conn.send(frame if isinstance(frame, str) else json.dumps(frame))
 
     async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.conn.recv(), timeout)
-        frame: dict[str, Any] = json.loads(raw)
-        return frame
+        async with asyncio.timeout(timeout):
+            while True:
+                frame: dict[str, Any] = json.loads(await self.conn.recv())
+                if self.presence or frame["type"] != "presence":
+                    return frame
 
     async def recv_type(self, kind: str, timeout: float = WAIT) -> dict[str, Any]:
         """The next frame of type `kind`, skipping others."""
@@ -168,7 +176,10 @@ async def serve_app(app: Any, **options: Any) -> AsyncIterator[tuple[str, uvicor
 
 
 @asynccontextmanager
-async def start_server(database_url: str, **overrides: Any) -> AsyncIterator[LiveServer]:
+async def start_server(
+    database_url: str, server_options: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[LiveServer]:
+    """imsvc with settings `overrides` (and uvicorn options, such as a short ping interval)."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "jwt_secret": SECRET,
@@ -183,7 +194,7 @@ async def start_server(database_url: str, **overrides: Any) -> AsyncIterator[Liv
     settings = Settings(_env_file=None, **values)
     app = create_app(settings)
     async with (
-        serve_app(app, timeout_graceful_shutdown=5) as (address, server),
+        serve_app(app, **{"timeout_graceful_shutdown": 5, **(server_options or {})}) as (address, server),
         httpx.AsyncClient(base_url=f"http://{address}", timeout=WAIT) as http,
     ):
         yield LiveServer(f"http://{address}", f"ws://{address}", settings, app, http, server)
