@@ -2,6 +2,7 @@
 // The imsvc chat page: plain JavaScript, no build step. User text only ever goes through textContent.
 
 const BOT = "ai_bot";
+const PALETTE = ["👍", "❤️", "😂", "🎉"]; // the reactions offered on every message
 const PAGE = 50;
 const NO_SEQ = 2147483647; // before_seq for a session whose last_seq we do not know yet
 const $ = (id) => document.getElementById(id);
@@ -17,7 +18,10 @@ const state = {
   open: null, // the open session's id
   canSync: false, // the open session's history is loaded (and we are a member)
   loading: false,
-  messages: new Map(), // seq -> message of the open session
+  messages: new Map(), // seq -> every event of the open session seen so far (dedup by seq)
+  entries: new Map(), // message_id -> shown TEXT message {m, li, base, keys, ...}, folded as changes arrive
+  changes: new Map(), // target message_id -> change rows whose target is not loaded yet
+  pendingEdits: new Map(), // frame id -> entry whose edit awaits its answer
   highest: 0,
   oldest: null,
   replies: new Map(), // record_id -> {text, length, li, body}: streaming replies of the open session
@@ -90,6 +94,13 @@ function wsSend(frame) {
   return true;
 }
 
+// Changes are not queued while offline (unlike sends): they act on what is on screen now.
+function sendChange(frame) {
+  if (wsSend({ id: uuid(), ...frame })) return true;
+  notice("Not connected: try again once the page is back online.");
+  return false;
+}
+
 // ---- signing in ----
 
 async function signIn(event) {
@@ -156,6 +167,8 @@ function connect() {
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    for (const entry of state.pendingEdits.values()) unlockEditor(entry); // no answer is coming: Save again
+    state.pendingEdits.clear();
     if (event.code === 4401 || event.code === 4403) {
       setStatus(`Disconnected: ${event.reason || "the token was rejected"}`);
       return;
@@ -185,12 +198,17 @@ const handlers = {
       state.outbox.delete(pending.frame.client_msg_id);
     }
     if (f.message?.session_id === state.open) state.canSync = true;
-    addMessage(f.message);
+    addMessage(f.message); // a change's own row; or, when nothing changed, its target (already held)
+    const edited = f.ref != null && state.pendingEdits.get(f.ref);
+    if (edited) closeEditor(edited);
   },
   new_message: (f) => addMessage(f.message),
   sync_result(f) {
     if (f.session_id !== state.open) return;
-    f.messages.forEach((m) => addMessage(m));
+    // Rows come folded as of the read, which saw every row of this result: a target first received
+    // here already includes the changes up to the result's last seq, which must not apply again.
+    const base = f.messages.reduce((top, m) => Math.max(top, m.seq), 0);
+    f.messages.forEach((m) => addMessage(m, null, base));
     if (f.has_more) sync();
   },
   ai_reply_start(f) {
@@ -221,6 +239,11 @@ const handlers = {
     endReply(f, `failed: ${why}`, `The AI reply failed: ${why}`);
   },
   error(f) {
+    const edited = f.ref != null && state.pendingEdits.get(f.ref);
+    if (edited) {
+      state.pendingEdits.delete(f.ref);
+      unlockEditor(edited); // the box keeps the text, so nothing typed is lost
+    }
     const pending = f.ref != null && state.outbox.get(f.ref);
     if (pending) {
       pending.li.remove();
@@ -238,6 +261,7 @@ async function loadSessions() {
     const { sessions } = await api("/sessions");
     state.sessions = new Map(sessions.map((s) => [s.session_id, s]));
     renderSessions();
+    for (const entry of state.entries.values()) paint(entry); // our role decides who may delete what
   } catch (err) {
     notice(err.status === 401 ? "Your token was rejected; sign in again." : `Sessions: ${err.message}`);
   }
@@ -250,7 +274,8 @@ function renderSessions() {
     button.setAttribute("aria-label", s.title || s.session_id);
     button.setAttribute("aria-describedby", `session-last-${i}`);
     if (s.session_id === state.open) button.setAttribute("aria-current", "true");
-    const last = s.last_message ? `${s.last_message.from_user_id}: ${s.last_message.msg_content}` : "No messages";
+    const lm = s.last_message;
+    const last = lm ? `${lm.from_user_id}: ${lm.deleted ? "message deleted" : lm.msg_content}` : "No messages";
     button.append(el("span", "name", s.title || s.session_id), el("span", "last", last));
     button.lastChild.id = `session-last-${i}`;
     button.onclick = () => openSession(s.session_id);
@@ -262,16 +287,23 @@ function renderSessions() {
   if (state.open) $("title").textContent = state.sessions.get(state.open)?.title || state.open;
 }
 
-// A message newer than what the list knows moves its session to the top.
+function refreshSessionsSoon() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(loadSessions, 300);
+}
+
+// An event newer than what the list knows moves its session to the top. Its last message is the latest
+// TEXT one, with later changes to it folded in; membership and settings events reload the list (role, title).
 function noteSession(m) {
   const s = state.sessions.get(m.session_id);
-  if (!s) {
-    clearTimeout(state.refreshTimer);
-    state.refreshTimer = setTimeout(loadSessions, 300);
-    return;
+  if (!s || m.msg_type === "MEMBER" || m.msg_type === "SETTINGS") refreshSessionsSoon();
+  if (!s || m.seq <= s.last_seq) return;
+  s.last_seq = m.seq;
+  if (isText(m)) s.last_message = { ...m, reactions: new Map() };
+  else if (s.last_message?.message_id === m.target_message_id) {
+    s.last_message.reactions = new Map(); // the list shows no reactions; foldInto needs a Map
+    foldInto(s.last_message, m);
   }
-  if (m.seq <= s.last_seq) return;
-  Object.assign(s, { last_seq: m.seq, last_message: m });
   state.sessions.delete(m.session_id);
   state.sessions = new Map([[m.session_id, s], ...state.sessions]);
   renderSessions();
@@ -281,8 +313,7 @@ async function openSession(id) {
   id = id.trim();
   if (!id) return;
   Object.assign(state, { open: id, canSync: false, highest: 0, oldest: null });
-  state.messages.clear();
-  state.replies.clear();
+  for (const map of [state.messages, state.entries, state.changes, state.pendingEdits, state.replies]) map.clear();
   $("messages").replaceChildren();
   $("older").hidden = true;
   $("hint").textContent = "Loading…";
@@ -306,11 +337,13 @@ async function loadPage(beforeSeq, first = false) {
     const page = await api(`/message/list?${query}`);
     if (state.open !== id) return false;
     const height = list.scrollHeight;
-    page.messages.forEach((m) => addMessage(m));
+    // TEXT rows, folded as of the read; that read saw every row of the page, so it is at least this late.
+    const base = page.messages.reduce((top, m) => Math.max(top, m.seq), 0);
+    page.messages.forEach((m) => addMessage(m, null, base));
     $("older").hidden = !page.has_more;
     if (first) list.scrollTop = list.scrollHeight;
     else list.scrollTop += list.scrollHeight - height; // keep the view where it was
-    $("hint").textContent = state.messages.size ? "" : "No messages yet.";
+    $("hint").textContent = state.entries.size ? "" : "No messages yet.";
     return true;
   } catch (err) {
     if (state.open !== id) return false;
@@ -358,16 +391,99 @@ function scrollDown() {
   $("messages").scrollTop = $("messages").scrollHeight;
 }
 
-// Messages are kept by seq: a seq already shown is never shown again.
-function addMessage(m, note = null) {
+// ---- events: messages and the changes folded into them (SPEC §10) ----
+
+const isText = (m) => (m.msg_type ?? "TEXT") === "TEXT";
+const reactionMap = (reactions) => new Map(Object.entries(reactions ?? {})); // any string is a key, even "__proto__"
+
+// Apply one change row to a message. Reactions are a set per emoji, so applying a change again is harmless.
+function foldInto(t, row) {
+  switch (row.msg_type) {
+    case "EDIT":
+      t.msg_content = row.msg_content;
+      t.edited_at = row.created_at;
+      return true;
+    case "DELETE":
+      Object.assign(t, { msg_content: "", deleted: true, reactions: new Map() });
+      return true;
+    case "REACT": {
+      const users = t.reactions.get(row.msg_content) ?? [];
+      if (!users.includes(row.from_user_id)) t.reactions.set(row.msg_content, [...users, row.from_user_id]);
+      return true;
+    }
+    case "UNREACT": {
+      const users = (t.reactions.get(row.msg_content) ?? []).filter((u) => u !== row.from_user_id);
+      if (users.length) t.reactions.set(row.msg_content, users);
+      else t.reactions.delete(row.msg_content);
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+// A change is applied once, in seq order per thing it sets (the text; one user's one emoji): a live
+// event may arrive before an older one that a sync fills in. `entry.base`: changes up to that seq are
+// already folded into the row as it was read. A deleted message takes no more changes.
+function apply(entry, row) {
+  if (row.seq <= entry.base || entry.m.deleted) return false;
+  const key = row.msg_type === "REACT" || row.msg_type === "UNREACT" ? `${row.from_user_id}\n${row.msg_content}` : row.msg_type;
+  if (row.seq <= (entry.keys.get(key) ?? 0)) return false;
+  entry.keys.set(key, row.seq);
+  return foldInto(entry.m, row);
+}
+
+// Events are kept by seq: a seq already seen is never applied again. `base` is the highest seq whose
+// changes the row already includes: its own seq when it arrives alone, more when it was read later.
+function addMessage(m, note = null, base = m?.seq) {
   if (!m) return;
   noteSession(m);
   if (m.session_id !== state.open || state.messages.has(m.seq)) return;
   state.messages.set(m.seq, m);
   state.highest = Math.max(state.highest, m.seq);
+  if (isText(m)) addEntry(m, note, base);
+  else if (m.target_message_id) addChange(m);
+  // MEMBER and SETTINGS rows are not drawn: history (TEXT rows only) could not show them after a reload.
+}
+
+function addChange(row) {
+  const entry = state.entries.get(row.target_message_id);
+  if (!entry) {
+    // Its target is not loaded (yet): keep the change for when an older page brings it.
+    const rows = state.changes.get(row.target_message_id) ?? [];
+    state.changes.set(row.target_message_id, [...rows, row]);
+    return;
+  }
+  const stick = nearBottom();
+  if (apply(entry, row)) paint(entry);
+  if (stick) scrollDown();
+}
+
+function addEntry(message, note, base) {
+  const m = { ...message, reactions: reactionMap(message.reactions) };
   state.oldest = state.oldest == null ? m.seq : Math.min(state.oldest, m.seq);
   const li = bubble(m.from_user_id, m.created_at, note, m.msg_content);
   li.dataset.seq = m.seq;
+  const body = li.querySelector(".body");
+  body.id = `body-${m.seq}`;
+  const edited = el("span", "edited", "(edited)");
+  li.querySelector(".meta").append(edited);
+  const reactions = el("div", "reactions");
+  reactions.setAttribute("role", "group");
+  reactions.setAttribute("aria-label", "Reactions");
+  const actions = el("div", "actions");
+  const footer = el("div", "footer");
+  footer.append(reactions, actions);
+  li.append(footer);
+  const entry = { m, li, body, edited, footer, reactions, base, keys: new Map(), chips: new Map(), editor: null };
+  entry.editButton = action(entry, "Edit", () => startEdit(entry));
+  entry.deleteButton = action(entry, "Delete", () => deleteMessage(entry));
+  actions.append(entry.editButton, entry.deleteButton);
+  state.entries.set(m.message_id, entry);
+  for (const row of (state.changes.get(m.message_id) ?? []).sort((a, b) => a.seq - b.seq)) apply(entry, row);
+  state.changes.delete(m.message_id);
+  paint(entry);
+
   const list = $("messages");
   // Before the first later message; unsequenced bubbles (streaming, sending) stay at the end.
   const next = [...list.children].find((c) => !c.dataset.seq || Number(c.dataset.seq) > m.seq);
@@ -376,6 +492,147 @@ function addMessage(m, note = null) {
   if (stick) scrollDown();
   $("hint").textContent = "";
 }
+
+function action(entry, label, onclick) {
+  const button = el("button", "action", label);
+  button.type = "button";
+  button.setAttribute("aria-describedby", entry.body.id); // "Edit", described by the message's text
+  button.addEventListener("click", onclick);
+  return button;
+}
+
+// Bring a message's bubble up to date with its (folded) state and with what we may do to it.
+function paint(entry) {
+  const { m, li } = entry;
+  const deleted = Boolean(m.deleted);
+  li.classList.toggle("deleted", deleted);
+  entry.body.textContent = deleted ? "message deleted" : m.msg_content;
+  entry.edited.hidden = deleted || !m.edited_at;
+  if (m.edited_at) entry.edited.title = `Edited ${new Date(m.edited_at).toLocaleString()}`;
+  entry.footer.hidden = deleted;
+  paintReactions(entry); // a tombstone's are cleared too, not just hidden
+  if (deleted) return closeEditor(entry);
+  const mine = m.from_user_id === state.user && m.from_user_id !== BOT;
+  const owner = state.sessions.get(m.session_id)?.role === "owner";
+  entry.body.hidden = entry.editor != null;
+  entry.editButton.hidden = !mine || entry.editor != null;
+  entry.deleteButton.hidden = !(mine || owner);
+}
+
+// One toggle per emoji: the palette, then any other emoji in use. Buttons are updated in place (never
+// rebuilt or moved), so keyboard focus stays where it was.
+function paintReactions(entry) {
+  const reactions = entry.m.reactions;
+  for (const [emoji, chip] of entry.chips) {
+    if (!PALETTE.includes(emoji) && !reactions.has(emoji)) {
+      chip.remove();
+      entry.chips.delete(emoji);
+    }
+  }
+  for (const emoji of new Set([...PALETTE, ...reactions.keys()])) {
+    let chip = entry.chips.get(emoji);
+    if (!chip) {
+      chip = reactionButton(entry, emoji);
+      entry.chips.set(emoji, chip);
+      entry.reactions.append(chip);
+    }
+    const users = reactions.get(emoji) ?? [];
+    chip.setAttribute("aria-pressed", String(users.includes(state.user)));
+    chip.classList.toggle("used", users.length > 0);
+    chip.querySelector(".count").textContent = users.length ? String(users.length) : "";
+    chip.title = users.length ? users.join(", ") : `React with ${emoji}`;
+  }
+}
+
+function reactionButton(entry, emoji) {
+  const chip = el("button", "reaction");
+  chip.type = "button";
+  chip.setAttribute("aria-label", `React ${emoji}`);
+  chip.append(el("span", "emoji", emoji), el("span", "count"));
+  chip.addEventListener("click", () => {
+    const mine = (entry.m.reactions.get(emoji) ?? []).includes(state.user);
+    sendChange({ type: mine ? "unreact" : "react", message_id: entry.m.message_id, emoji });
+  });
+  return chip;
+}
+
+function deleteMessage(entry) {
+  const whose = entry.m.from_user_id === state.user ? "your message" : `this message of ${entry.m.from_user_id}`;
+  if (confirm(`Delete ${whose} for everyone?`)) sendChange({ type: "delete_message", message_id: entry.m.message_id });
+}
+
+// ---- editing in place: Enter or Save sends, Escape or Cancel leaves; the box stays until the answer ----
+
+function startEdit(entry) {
+  if (entry.editor) return entry.editor.box.focus();
+  const form = el("form", "editor");
+  const box = el("textarea");
+  box.value = entry.m.msg_content;
+  box.rows = Math.min(8, box.value.split("\n").length + 1);
+  box.maxLength = 5000;
+  box.setAttribute("aria-label", "Edit message");
+  const save = el("button", null, "Save");
+  save.type = "submit";
+  const cancel = el("button", "secondary", "Cancel");
+  cancel.type = "button";
+  const row = el("div", "row");
+  row.append(save, cancel);
+  form.append(box, row);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveEdit(entry);
+  });
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      closeEditor(entry);
+    }
+  });
+  cancel.addEventListener("click", () => closeEditor(entry));
+  entry.editor = { form, box, save, ref: null };
+  entry.body.after(form);
+  paint(entry);
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+}
+
+function saveEdit(entry) {
+  const editor = entry.editor;
+  if (!editor || editor.ref) return;
+  const content = editor.box.value;
+  if (!content.trim()) return notice("A message cannot be empty: use Delete to remove it.");
+  if (content === entry.m.msg_content) return closeEditor(entry); // nothing to change
+  const id = uuid();
+  if (!sendChange({ type: "edit_message", id, message_id: entry.m.message_id, content })) return;
+  editor.ref = id;
+  state.pendingEdits.set(id, entry);
+  editor.box.readOnly = true;
+  editor.save.disabled = true;
+}
+
+function unlockEditor(entry) {
+  const editor = entry.editor;
+  if (!editor) return;
+  editor.ref = null;
+  editor.box.readOnly = false;
+  editor.save.disabled = false;
+}
+
+function closeEditor(entry) {
+  const editor = entry.editor;
+  if (!editor) return;
+  if (editor.ref) state.pendingEdits.delete(editor.ref);
+  const hadFocus = editor.form.contains(document.activeElement);
+  editor.form.remove();
+  entry.editor = null;
+  paint(entry);
+  if (hadFocus) (entry.footer.hidden || entry.editButton.hidden ? $("messages") : entry.editButton).focus();
+}
+
+// ---- streaming replies ----
 
 function reply(recordId) {
   let r = state.replies.get(recordId);
