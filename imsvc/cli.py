@@ -27,7 +27,10 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 def uvicorn_options() -> dict[str, Any]:
     """Options shared by `serve` and the test servers."""
+    from imsvc.wsproto import CompactDeflateProtocol
+
     return {
+        "ws": CompactDeflateProtocol,
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,
         "ws_max_size": 1 << 20,

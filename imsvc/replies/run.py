@@ -84,6 +84,8 @@ class ReplyRun:
         self.phase = Phase.QUEUED
         self._tools = tools
         self._text = ""
+        self._sent = 0  # how much of the text went out as deltas
+        self._flush_due = False
         self._stop: Stop | None = None
         self._stopped = asyncio.Event()
         self._give_up = asyncio.Event()
@@ -189,6 +191,7 @@ class ReplyRun:
             for task in (generation, stop):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            self._flush()  # every delta before the final frame
         if generation in done:
             try:
                 generation.result()
@@ -208,17 +211,26 @@ class ReplyRun:
         async with contextlib.aclosing(self._tools.model.stream(request, completion)) as deltas:
             async for delta in deltas:
                 metrics.deltas.inc()
+                self._text += delta
                 if timings.first_token is None:
                     timings.first_token = time.monotonic()
                     metrics.first_token.observe(timings.first_token - (timings.began or 0))
-                offset = len(self._text)
-                self._text += delta
-                self._publish(
-                    AiReplyDeltaFrame(record_id=self.record_id, session_id=self.session_id, delta=delta, offset=offset)
-                )
-                # Tokens that arrive in one read are parsed without awaiting I/O: let the sockets'
-                # senders run, so the first goes out now and not after the whole burst.
-                await asyncio.sleep(0)
+                    self._flush()
+                    await asyncio.sleep(0)  # written before the rest of its burst is parsed
+                elif not self._flush_due:
+                    self._flush_due = True
+                    asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """One delta for the text that arrived since the last one. Tokens parsed from one read of the model's
+        stream (no await between them) go out as one frame, not one frame (and one write per socket) each."""
+        self._flush_due = False
+        if self._sent < len(self._text):
+            offset, self._sent = self._sent, len(self._text)
+            delta = self._text[offset:]
+            self._publish(
+                AiReplyDeltaFrame(record_id=self.record_id, session_id=self.session_id, delta=delta, offset=offset)
+            )
 
     async def conclude(
         self,
