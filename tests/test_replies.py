@@ -220,8 +220,9 @@ async def test_500_before_the_first_token_fails_without_a_message(ai: LiveServer
     assert rec["first_token_ms"] is None and rec["duration_ms"] is not None and "500" in rec["error_message"]
 
 
-async def test_cut_stream_stores_the_partial_reply(ai: LiveServer, fake_llm: FakeLLM) -> None:
-    fake_llm.mode = "cut"
+@pytest.mark.parametrize("mode", ["cut", "short"])  # the connection drops; the body ends without [DONE]
+async def test_cut_stream_stores_the_partial_reply(ai: LiveServer, fake_llm: FakeLLM, mode: str) -> None:
+    fake_llm.mode = mode
     alice = uid()
     room = await ai.room(alice, ai=True)
     async with ai.ws(alice) as ws:
