@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from imsvc import store
-from imsvc.api import read_json, render, user_of, validate
+from imsvc.api import path_id, read_json, render, user_of, validate
 from imsvc.errors import NotFound
 from imsvc.models import AIChatRecord
 from imsvc.replies import FAILED, Reply
@@ -18,6 +19,7 @@ from imsvc.schemas import (
     AiReplyDeltaFrame,
     AiReplyErrorFrame,
     AiReplyFrame,
+    DeltaEvent,
     ErrorDetail,
     MessageOut,
     RecordList,
@@ -25,6 +27,7 @@ from imsvc.schemas import (
     RecordsQuery,
     RegenerateIn,
     ServerFrame,
+    SnapshotEvent,
     message_out,
 )
 from imsvc.services import Services, services
@@ -53,12 +56,14 @@ async def list_records(request: Request) -> Response:
 
 
 async def get_record(request: Request) -> Response:
-    record = await visible_record(services(request), user_of(request), request.path_params["record_id"])
+    user_id = user_of(request)
+    record = await visible_record(services(request), user_id, path_id(request, "record_id"))
     return render(record_out(record))
 
 
 async def cancel(request: Request) -> Response:
-    svc, user_id, record_id = services(request), user_of(request), request.path_params["record_id"]
+    svc, user_id = services(request), user_of(request)
+    record_id = path_id(request, "record_id")
     await svc.replies.cancel(user_id, record_id)
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 
@@ -70,13 +75,14 @@ async def regenerate(request: Request) -> Response:
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 
 
-def sse(event: str, data: dict[str, object]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def sse(event: str, data: BaseModel, exclude: set[str] | None = None) -> str:
+    """One event; its data is documented in the OpenAPI document by the model's schema."""
+    return f"event: {event}\ndata: {json.dumps(data.model_dump(mode='json', exclude=exclude), ensure_ascii=False)}\n\n"
 
 
 def final_event(frame: ServerFrame) -> str:
-    kind = "error" if isinstance(frame, AiReplyErrorFrame) else "done"
-    return sse(kind, frame.model_dump(mode="json", exclude={"type"}))
+    """`done` or `error`: the data is the final frame's, without its `type`."""
+    return sse("error" if isinstance(frame, AiReplyErrorFrame) else "done", frame, exclude={"type"})
 
 
 async def live_events(svc: Services, user_id: str, reply: Reply) -> AsyncIterator[str]:
@@ -85,11 +91,11 @@ async def live_events(svc: Services, user_id: str, reply: Reply) -> AsyncIterato
             async for event in stored_events(svc, await visible_record(svc, user_id, reply.record_id)):
                 yield event
             return
-        yield sse("snapshot", {"record_id": reply.record_id, "content": reply.text})
+        yield sse("snapshot", SnapshotEvent(record_id=reply.record_id, content=reply.text))
         while True:
             frame = await frames.get()
             if isinstance(frame, AiReplyDeltaFrame):
-                yield sse("delta", {"delta": frame.delta, "offset": frame.offset})
+                yield sse("delta", DeltaEvent(delta=frame.delta, offset=frame.offset))
             elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
                 yield final_event(frame)
                 return
@@ -102,7 +108,7 @@ async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[st
             stored = await store.get_message(s, record.ai_message_id)
         message = message_out(stored) if stored else None
     content = record.response_content or ""
-    yield sse("snapshot", {"record_id": record.record_id, "content": content})
+    yield sse("snapshot", SnapshotEvent(record_id=record.record_id, content=content))
     if record.status == FAILED:
         code, _, detail = (record.error_message or "internal: failed").partition(": ")
         frame: ServerFrame = AiReplyErrorFrame(
@@ -127,7 +133,7 @@ async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[st
 
 async def stream(request: Request) -> Response:
     svc, user_id = services(request), user_of(request)
-    record = await visible_record(svc, user_id, request.path_params["record_id"])
+    record = await visible_record(svc, user_id, path_id(request, "record_id"))
     reply = svc.replies.get(record.record_id)
     if reply is None and record.status == 0:  # it ended between the read and now: read it again
         record = await visible_record(svc, user_id, record.record_id)

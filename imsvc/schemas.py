@@ -8,21 +8,45 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,48}$"
+# Ids the server makes (msg_…, record_…) are 64 characters at most, of the same characters.
+OBJECT_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 MAX_CONTENT = 5000
+INT64_MAX = 2**63 - 1  # both databases store seqs, pages and limits as 64-bit integers
+
+# Text that people write (contents, titles) may hold tabs and line breaks but no other C0 control
+# character: PostgreSQL refuses NUL where SQLite stores it, and both must behave alike. The classes
+# are spelled out (no \s) so that the schema's pattern means the same in every regex dialect.
+_TEXT_CHAR = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f]"
+# Not blank: at least one character that str.strip() keeps (the whitespace it strips, listed).
+_SHOWN_CHAR = r"[^\u0000-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+TEXT_PATTERN = rf"^{_TEXT_CHAR}*$"
+CONTENT_PATTERN = rf"^{_TEXT_CHAR}*{_SHOWN_CHAR}{_TEXT_CHAR}*$"
+# A client's own id: anything printable, no control characters at all.
+CLIENT_ID_PATTERN = r"^[^\u0000-\u001f\u007f]{1,64}$"
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or whitespace only")
+def _encodable(value: str) -> str:
+    """JSON's \\ud800 escapes can carry a lone surrogate, which can be neither stored nor sent back as UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
     return value
 
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT), AfterValidator(_not_blank)]
-ClientMsgId = Annotated[str, Field(min_length=1, max_length=64)]
-ObjectId = Annotated[str, Field(min_length=1, max_length=64)]
+ObjectId = Annotated[str, StringConstraints(pattern=OBJECT_ID_PATTERN)]
+# A constrained string refuses a lone surrogate itself (pydantic's string_unicode error); the pattern does the rest.
+Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT, pattern=CONTENT_PATTERN)]
+Title = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=64, pattern=CLIENT_ID_PATTERN)]
+Seq = Annotated[int, Field(ge=0, le=INT64_MAX)]
 UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
-FrameId = str | int
+# Echoed as `ref`: any string that can be sent back, or any integer.
+FrameId = Annotated[str, AfterValidator(_encodable)] | int
+
+# The ids a route takes in its path, validated (and documented) like the same ids in bodies.
+PATH_IDS: dict[str, Any] = {"session_id": Identifier, "message_id": ObjectId, "record_id": ObjectId}
 
 
 class Body(BaseModel):
@@ -40,7 +64,7 @@ class SendMessageIn(Body):
 
 class CreateSessionIn(Body):
     session_id: Identifier | None = None
-    title: Annotated[str, Field(max_length=200)] | None = None
+    title: Title | None = None
     members: Annotated[list[Identifier], Field(max_length=100)] = []
     ai_enabled: bool = True
 
@@ -57,13 +81,35 @@ class RegenerateIn(Body):
     message_id: ObjectId
 
 
+# Pages stay within int64 offsets: (page - 1) × page_size ≤ INT64_MAX.
+MAX_PAGE_SIZE = 100
+MAX_PAGE = INT64_MAX // MAX_PAGE_SIZE
+LIST_MODES = (
+    "Two modes: pages (`page`, `page_size`) newest first, or a keyset page (`before_seq` newest first, or "
+    "`after_seq` oldest first, with `limit`). `before_seq` and `after_seq` together, `page` or `page_size` "
+    "with a seq bound, or `limit` without one: 422."
+)
+
+
+# The same rules for the OpenAPI document, which takes the query as one object (style form, exploded).
+_KEYSET: dict[str, Any] = {"anyOf": [{"required": ["before_seq"]}, {"required": ["after_seq"]}]}
+LIST_RULES: dict[str, Any] = {
+    "not": {"required": ["before_seq", "after_seq"]},
+    "if": _KEYSET,
+    "then": {"not": {"anyOf": [{"required": ["page"]}, {"required": ["page_size"]}]}},
+    "else": {"not": {"required": ["limit"]}},
+}
+
+
 class ListQuery(Body):
+    model_config = ConfigDict(json_schema_extra={"description": LIST_MODES, **LIST_RULES})
+
     session_id: Identifier
-    page: Annotated[int, Field(ge=1)] | None = None
-    page_size: Annotated[int, Field(ge=1, le=100)] | None = None
-    before_seq: Annotated[int, Field(ge=0)] | None = None
-    after_seq: Annotated[int, Field(ge=0)] | None = None
-    limit: Annotated[int, Field(ge=1, le=200)] | None = None
+    page: Annotated[int, Field(ge=1, le=MAX_PAGE)] | None = None
+    page_size: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] | None = None
+    before_seq: Annotated[Seq, Field(description="not with after_seq")] | None = None
+    after_seq: Annotated[Seq, Field(description="not with before_seq")] | None = None
+    limit: Annotated[int, Field(ge=1, le=200, description="with before_seq or after_seq only")] | None = None
 
     @model_validator(mode="after")
     def _one_mode(self) -> ListQuery:
@@ -175,6 +221,20 @@ class ReadyOut(BaseModel):
     status: str
 
 
+class SnapshotEvent(BaseModel):
+    """The data of the SSE `snapshot` event: the text so far."""
+
+    record_id: str
+    content: str
+
+
+class DeltaEvent(BaseModel):
+    """The data of an SSE `delta` event."""
+
+    delta: str
+    offset: int
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -206,7 +266,7 @@ class AiCancelFrame(ClientFrame):
 class SyncFrame(ClientFrame):
     type: Literal["sync"]
     session_id: Identifier
-    after_seq: Annotated[int, Field(ge=0)]
+    after_seq: Seq
 
 
 class PingFrame(ClientFrame):
