@@ -56,14 +56,12 @@ async def list_records(request: Request) -> Response:
 
 
 async def get_record(request: Request) -> Response:
-    user_id = user_of(request)
-    record = await visible_record(services(request), user_id, path_id(request, "record_id"))
+    record = await visible_record(services(request), user_of(request), path_id(request, "record_id"))
     return render(record_out(record))
 
 
 async def cancel(request: Request) -> Response:
-    svc, user_id = services(request), user_of(request)
-    record_id = path_id(request, "record_id")
+    svc, user_id, record_id = services(request), user_of(request), path_id(request, "record_id")
     await svc.replies.cancel(user_id, record_id)
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -14,15 +15,29 @@ MAX_CONTENT = 5000
 INT64_MAX = 2**63 - 1  # both databases store seqs, pages and limits as 64-bit integers
 
 # Text that people write (contents, titles) may hold tabs and line breaks but no other C0 control
-# character: PostgreSQL refuses NUL where SQLite stores it, and both must behave alike. The classes
-# are spelled out (no \s) so that the schema's pattern means the same in every regex dialect.
+# character: PostgreSQL refuses NUL where SQLite stores it, and both must behave alike. The schema
+# states the rules as patterns (classes spelled out, no \s, so that they mean the same in every
+# regex dialect); the validators say the same in words. tests/test_schemas.py holds them together.
 _TEXT_CHAR = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f]"
 # Not blank: at least one character that str.strip() keeps (the whitespace it strips, listed).
 _SHOWN_CHAR = r"[^\u0000-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 TEXT_PATTERN = rf"^{_TEXT_CHAR}*$"
 CONTENT_PATTERN = rf"^{_TEXT_CHAR}*{_SHOWN_CHAR}{_TEXT_CHAR}*$"
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # A client's own id: anything printable, no control characters at all.
 CLIENT_ID_PATTERN = r"^[^\u0000-\u001f\u007f]{1,64}$"
+
+
+def _no_controls(value: str) -> str:
+    if CONTROL.search(value):
+        raise ValueError("must not contain control characters other than tab, line feed and carriage return")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return value
 
 
 def _encodable(value: str) -> str:
@@ -36,9 +51,14 @@ def _encodable(value: str) -> str:
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 ObjectId = Annotated[str, StringConstraints(pattern=OBJECT_ID_PATTERN)]
-# A constrained string refuses a lone surrogate itself (pydantic's string_unicode error); the pattern does the rest.
-Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT, pattern=CONTENT_PATTERN)]
-Title = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+# A constrained string refuses a lone surrogate itself (pydantic's string_unicode error).
+Content = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_CONTENT, json_schema_extra={"pattern": CONTENT_PATTERN}),
+    AfterValidator(_no_controls),
+    AfterValidator(_not_blank),
+]
+Title = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_controls)]
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=64, pattern=CLIENT_ID_PATTERN)]
 Seq = Annotated[int, Field(ge=0, le=INT64_MAX)]
 UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]

@@ -156,4 +156,4 @@ async def test_a_peer_that_reads_nothing_is_dropped_soon_after_its_queue_overflo
             await server.send(alice, room, "😀" * 5000)
         else:
             raise AssertionError("the socket never overflowed")
-        await asyncio.wait_for(dropped.wait(), 5)
+        await asyncio.wait_for(dropped.wait(), 4)

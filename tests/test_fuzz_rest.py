@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.helpers import LiveServer, token, uid
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXAMPLES = 40  # per operation and phase: about 1,000 requests, ~15 s per database on 2 cores
+EXAMPLES = 30  # per operation and phase: about 900 requests, 12-18 s per database on 2 cores
 SEED = 20261201
 
 

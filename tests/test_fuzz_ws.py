@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from imsvc.schemas import ID_PATTERN, INBOUND_TYPES, Inbound
 from tests.helpers import LiveServer, uid
 
-EXAMPLES = 500
+EXAMPLES = 350
 MAX_FRAME = 65536
 ERROR_CODES = {
     "bad_request",
