@@ -183,7 +183,7 @@ class Proxy:
 
     async def down(self) -> None:
         assert self._server is not None
-        self._server.close()
+        self._server.close()  # is_serving() is False from now on
         for writer in list(self._writers):
             writer.transport.abort()
         await self._server.wait_closed()
@@ -193,6 +193,10 @@ class Proxy:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if self._server is None or not self._server.is_serving():  # taken down while this one connected
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
         try:
