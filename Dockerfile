@@ -4,7 +4,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     DATABASE_URL=sqlite+aiosqlite:////app/data/imsvc.db
 
 WORKDIR /app
-RUN useradd --create-home --uid 10001 imsvc
+RUN groupadd --gid 10001 imsvc && useradd --create-home --uid 10001 --gid 10001 imsvc
 
 # Dependencies first, so that code changes reuse the cached layer.
 COPY pyproject.toml README.md ./
@@ -16,8 +16,8 @@ COPY migrations ./migrations
 COPY imsvc ./imsvc
 RUN pip install --no-deps -e . && mkdir -p /app/data && chown imsvc:imsvc /app/data
 
-USER imsvc
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 CMD ["imsvc", "serve", "--host", "0.0.0.0", "--port", "8000"]

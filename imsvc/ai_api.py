@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from imsvc import store
-from imsvc.api import read_json, render, user_of, validate
+from imsvc.api import path_id, read_json, render, user_of, validate
 from imsvc.errors import NotFound
 from imsvc.models import AIChatRecord
 from imsvc.replies.records import stored_final_frame
@@ -19,12 +20,14 @@ from imsvc.schemas import (
     AiReplyErrorFrame,
     AiReplyFrame,
     AiReplySnapshotFrame,
+    DeltaEvent,
     MessageOut,
     RecordList,
     RecordOut,
     RecordsQuery,
     RegenerateIn,
     ServerFrame,
+    SnapshotEvent,
     message_out,
 )
 from imsvc.services import Services, services
@@ -53,12 +56,12 @@ async def list_records(request: Request) -> Response:
 
 
 async def get_record(request: Request) -> Response:
-    record = await visible_record(services(request), user_of(request), request.path_params["record_id"])
+    record = await visible_record(services(request), user_of(request), path_id(request, "record_id"))
     return render(record_out(record))
 
 
 async def cancel(request: Request) -> Response:
-    svc, user_id, record_id = services(request), user_of(request), request.path_params["record_id"]
+    svc, user_id, record_id = services(request), user_of(request), path_id(request, "record_id")
     await svc.replies.cancel(user_id, record_id)
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 
@@ -70,21 +73,22 @@ async def regenerate(request: Request) -> Response:
     return render(record_out(await visible_record(svc, user_id, record_id)), 202)
 
 
-def sse(event: str, data: dict[str, object]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def sse(event: str, data: BaseModel, exclude: set[str] | None = None) -> str:
+    """One event; its data is documented in the OpenAPI document by the model's schema."""
+    return f"event: {event}\ndata: {json.dumps(data.model_dump(mode='json', exclude=exclude), ensure_ascii=False)}\n\n"
 
 
 def final_event(frame: ServerFrame) -> str:
-    kind = "error" if isinstance(frame, AiReplyErrorFrame) else "done"
-    return sse(kind, frame.model_dump(mode="json", exclude={"type"}))
+    """`done` or `error`: the data is the final frame's, without its `type`."""
+    return sse("error" if isinstance(frame, AiReplyErrorFrame) else "done", frame, exclude={"type"})
 
 
 async def live_events(frames: AsyncIterator[ServerFrame]) -> AsyncIterator[str]:
     async for frame in frames:
         if isinstance(frame, AiReplySnapshotFrame):
-            yield sse("snapshot", {"record_id": frame.record_id, "content": frame.content})
+            yield sse("snapshot", SnapshotEvent(record_id=frame.record_id, content=frame.content))
         elif isinstance(frame, AiReplyDeltaFrame):
-            yield sse("delta", {"delta": frame.delta, "offset": frame.offset})
+            yield sse("delta", DeltaEvent(delta=frame.delta, offset=frame.offset))
         elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
             yield final_event(frame)
 
@@ -95,7 +99,7 @@ async def stored_events(svc: Services, record: AIChatRecord) -> AsyncIterator[st
         async with svc.db.reader() as s:
             stored = await store.get_message(s, record.ai_message_id)
         message = message_out(stored) if stored else None
-    yield sse("snapshot", {"record_id": record.record_id, "content": record.response_content or ""})
+    yield sse("snapshot", SnapshotEvent(record_id=record.record_id, content=record.response_content or ""))
     yield final_event(stored_final_frame(record, message))
 
 
@@ -112,7 +116,7 @@ async def events(svc: Services, user_id: str, record_id: str) -> AsyncIterator[s
 
 async def stream(request: Request) -> Response:
     svc, user_id = services(request), user_of(request)
-    record = await visible_record(svc, user_id, request.path_params["record_id"])
+    record = await visible_record(svc, user_id, path_id(request, "record_id"))
     return StreamingResponse(
         events(svc, user_id, record.record_id), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )

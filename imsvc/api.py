@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -15,14 +16,14 @@ from starlette.routing import Route
 from imsvc import __version__, store
 from imsvc.auth import bearer, mint_token, verify_token
 from imsvc.changes import Kind
-from imsvc.errors import InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
+from imsvc.errors import BadRequest, InvalidJson, NotFound, PayloadTooLarge, ValidationFailed
 from imsvc.openapi import document as openapi_document
 from imsvc.schemas import (
+    PATH_IDS,
     ChangeOut,
     ChangeQuery,
     DevTokenIn,
     EditIn,
-    EmojiPath,
     HealthOut,
     ListQuery,
     MessagePage,
@@ -39,6 +40,8 @@ DEFAULT_KEYSET_LIMIT = 50
 DEFAULT_PAGE_SIZE = 20
 
 T = TypeVar("T", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+PATH_ADAPTERS: dict[str, TypeAdapter[str]] = {name: TypeAdapter(kind) for name, kind in PATH_IDS.items()}
 
 
 def render(model: BaseModel, status: int = 200) -> Response:
@@ -53,11 +56,21 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def validate(model: type[T], data: Any) -> T:
+def validate(model: type[T], data: Any, strict: bool = False) -> T:
+    """`data` as `model`, or 422. Strict for JSON bodies (`true` is a boolean, `"yes"` and `0` are not); query
+    strings arrive as text, so their integers are read from it."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise ValidationFailed(validation_message(exc)) from None
+
+
+def path_id(request: Request, name: str) -> str:
+    """An id from the path, validated like the same id in a body (a `%00` in it is 422, not a database error)."""
+    try:
+        return PATH_ADAPTERS[name].validate_python(request.path_params[name])
+    except ValidationError as exc:
+        raise ValidationFailed(f"{name}: {validation_message(exc)}") from None
 
 
 def user_of(request: Request) -> str:
@@ -79,9 +92,11 @@ async def read_json(request: Request, model: type[T]) -> T:
             raise PayloadTooLarge(f"body over {MAX_BODY} bytes")
     try:
         data = json.loads(body)
-    except ValueError:
+    except ValueError:  # integers of over 4300 digits included
         raise InvalidJson("body is not valid JSON") from None
-    return validate(model, data)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    return validate(model, data, strict=True)
 
 
 async def send_message(request: Request) -> Response:
@@ -95,7 +110,7 @@ async def send_message(request: Request) -> Response:
 async def get_message(request: Request) -> Response:
     user_id = user_of(request)
     async with services(request).db.reader() as s:
-        message = await store.get_message(s, request.path_params["message_id"])
+        message = await store.get_message(s, path_id(request, "message_id"))
         if message is None or await store.member_role(s, message.session_id, user_id) is None:
             raise NotFound("no such message")
     return render(message_out(message))
@@ -123,7 +138,7 @@ async def list_messages(request: Request) -> Response:
 
 async def change(request: Request, kind: Kind, value: str = "", client_msg_id: str | None = None) -> Response:
     user_id = user_of(request)
-    message_id = request.path_params["message_id"]
+    message_id = path_id(request, "message_id")
     changed = await services(request).chat.change(user_id, kind, message_id, value, client_msg_id)
     return render(ChangeOut(**changed.target.model_dump(), event=changed.event))
 
@@ -143,7 +158,7 @@ async def delete_message(request: Request) -> Response:
 async def react(request: Request) -> Response:
     user_of(request)
     query = validate(ChangeQuery, dict(request.query_params))
-    emoji = validate(EmojiPath, {"emoji": request.path_params["emoji"]}).emoji
+    emoji = path_id(request, "emoji")
     kind = Kind.REACT if request.method == "PUT" else Kind.UNREACT
     return await change(request, kind, emoji, query.client_msg_id)
 
@@ -178,13 +193,25 @@ async def metrics(request: Request) -> Response:
     return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for the methods of one path: as one Route, a 405 there names them all in `Allow`."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await endpoints[method](request)
+
+    return endpoint
+
+
 def routes(dev_mode: bool) -> list[Route]:
     found = [
         Route("/message/send", send_message, methods=["POST"]),
         Route("/message/list", list_messages, methods=["GET"]),  # before /message/{message_id}
-        Route("/message/{message_id}", get_message, methods=["GET"]),
-        Route("/message/{message_id}", edit_message, methods=["PATCH"]),
-        Route("/message/{message_id}", delete_message, methods=["DELETE"]),
+        Route(
+            "/message/{message_id}",
+            by_method({"GET": get_message, "PATCH": edit_message, "DELETE": delete_message}),
+            methods=["GET", "PATCH", "DELETE"],
+        ),
         Route("/message/{message_id}/reactions/{emoji}", react, methods=["PUT", "DELETE"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),

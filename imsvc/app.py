@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,7 +25,7 @@ from imsvc import ai_api, api, sessions_api, ws
 from imsvc.bus import MemoryBus
 from imsvc.chat import Chat
 from imsvc.db import Database
-from imsvc.errors import ImsvcError, RateLimited, translate
+from imsvc.errors import ImsvcError, Internal, RateLimited, translate
 from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
@@ -65,6 +66,17 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_CODES.get(exc.status_code, "internal")
     return JSONResponse(error_payload(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """The database's errors, answered here: past this handler, Starlette re-raises to uvicorn, which logs a
+    traceback and drops the keep-alive connection, which is wrong for a database that is away for a while."""
+    error = translate(exc)
+    if isinstance(error, Internal):
+        log.error("request failed", exc_info=exc)
+    else:
+        log.warning("database unavailable", error=type(exc).__name__)
+    return JSONResponse(error_payload(error.code, error.message), status_code=error.status)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -141,7 +153,13 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/static", StaticFiles(directory=STATIC)),
         ],
         middleware=middleware,
-        exception_handlers={ImsvcError: imsvc_error, HTTPException: http_error, Exception: unexpected_error},
+        exception_handlers={
+            ImsvcError: imsvc_error,
+            HTTPException: http_error,
+            SQLAlchemyError: database_error,
+            OSError: database_error,
+            Exception: unexpected_error,
+        },
         lifespan=lifespan,
     )
 

@@ -17,7 +17,7 @@ DEFAULT_TTL_S = 24 * 3600
 
 
 def mint_token(secret: str, user_id: str, ttl_s: int = DEFAULT_TTL_S) -> str:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise ValueError("user id must be 1-48 characters of A-Za-z0-9_.:@-")
     now = int(time.time())
     with warnings.catch_warnings():
@@ -41,7 +41,7 @@ def verify_token(secret: str, token: str | None, bot_user_id: str) -> str:
     except jwt.InvalidTokenError:
         raise Unauthorized("invalid access token") from None
     sub = claims["sub"]
-    if not isinstance(sub, str) or not USER_ID.match(sub):
+    if not isinstance(sub, str) or not USER_ID.fullmatch(sub):  # `$` alone lets "alice\n" through
         raise Unauthorized("token subject is not a valid user id")
     if sub == bot_user_id:
         raise Unauthorized("the assistant's user id cannot sign in")

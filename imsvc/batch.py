@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imsvc import changes, ledger
 from imsvc.changes import Kind, Target
-from imsvc.errors import Forbidden, ImsvcError, NotFound
+from imsvc.errors import Conflict, Forbidden, ImsvcError, NotFound
 from imsvc.events import Event
 from imsvc.ledger import Original, RecordOutcome
 from imsvc.models import RecordStatus
@@ -259,7 +259,10 @@ class Batch:
             op = item.op
             key = client_key(op)
             if key is not None and key in found:
-                item.result = self._repeat(found[key])
+                try:
+                    item.result = self._repeat(op, found[key])
+                except ImsvcError as exc:
+                    item.error = exc
             elif key is not None and key in self._first_of:
                 item.same_as = self._first_of[key]
             elif (op.session_id, actor_of(op)) not in roles and not isinstance(op, ReplyEnd):
@@ -426,12 +429,16 @@ class Batch:
         }
         self.rows.append(item)
 
-    def _repeat(self, original: Original) -> Stored | Changed:
-        """The answer to a repeated client_msg_id: what the first attempt made."""
+    def _repeat(self, op: Op, original: Original) -> Stored | Changed:
+        """The answer to a repeated client_msg_id: what the first attempt made (409 when it made another
+        kind of thing: a message answered as a reaction, say)."""
         message = original.message
-        if message.target_message_id is None:
+        kind = Kind.TEXT if isinstance(op, Send) else op.kind if isinstance(op, Change) else None
+        if message.msg_type != kind:
+            raise Conflict("this client_msg_id was used for another kind of request")
+        if isinstance(op, Send):
             return Stored(message, True, original.record_id, original.record_status)
-        target = self.targets.get(message.target_message_id)
+        target = self.targets.get(message.target_message_id or "")
         return Changed(message_out(target) if target is not None else message, message, duplicate=True)
 
     def outcome(self, item: Item) -> tuple[Result, Exception | None, Event | None]:

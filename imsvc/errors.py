@@ -23,7 +23,8 @@ Domain code raises these; `api` renders them as JSON bodies, `ws` as `error` fra
 
 from __future__ import annotations
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
 class ImsvcError(Exception):
@@ -117,10 +118,39 @@ class Interrupted(ImsvcError):
     code = "interrupted"
 
 
+# SQLSTATEs of a connection that is lost or refused: class 08 (connection exception), and the server
+# shutting down or not taking connections yet (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the database went away, rather than that a statement was wrong.
+
+    SQLAlchemy wraps the driver's error (`orig`) in its own; asyncpg's, adapted once more, keep their
+    SQLSTATE as `sqlstate`, and SQLAlchemy marks an error that cost its connection `connection_invalidated`.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    found: BaseException | None = exc
+    for _ in range(4):  # SQLAlchemy's error, the DBAPI adapter's, the driver's, and its cause
+        if found is None:
+            break
+        if isinstance(found, OSError):  # ConnectionResetError and the like, raised by the driver itself
+            return True
+        state = getattr(found, "sqlstate", None) or getattr(found, "pgcode", None)
+        if isinstance(state, str) and state.startswith(CONNECTION_LOST_STATES):
+            return True
+        found = getattr(found, "orig", None) or found.__cause__
+    return False
+
+
 def translate(exc: Exception) -> ImsvcError:
-    """Any exception as the error a client sees: ours as they are, an unreachable database as not_ready."""
+    """Any exception as the error a client sees: ours as they are, an unreachable or lost database as
+    not_ready, anything else (a bug) as internal."""
     if isinstance(exc, ImsvcError):
         return exc
-    if isinstance(exc, OperationalError | InterfaceError | OSError):
+    if isinstance(exc, PoolTimeout):  # every pooled connection is in use
+        return Busy("the database is busy")
+    if isinstance(exc, OperationalError | InterfaceError | OSError) or connection_lost(exc):
         return NotReady("the database is not available")
     return Internal("internal error")

@@ -23,6 +23,7 @@ log = get_logger(__name__)
 
 CLOSE_SLOW_CONSUMER = 1008
 CLOSE_SHUTDOWN = 1012
+CLOSE_TIMEOUT_S = 1.0  # how long a close may wait on a peer that reads nothing
 
 
 class Connection:
@@ -68,8 +69,10 @@ class Connection:
                 raise
             # Cancelled by send() on overflow: the frame being written is abandoned, the close goes out now.
             self._sender.uncancel()  # type: ignore[union-attr]
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self._close_socket()
+            # A peer that reads nothing never takes the close frame either (the write waits for room).
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._close_socket()
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._close_code = self._close_code or 1006  # the peer is gone: nothing more to send
 

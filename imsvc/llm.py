@@ -7,13 +7,13 @@ OpenAI-compatible base URL; `echo` streams a deterministic reply offline.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from imsvc.errors import ProviderError
 from imsvc.settings import Settings
@@ -96,35 +96,25 @@ class OpenAIModel:
         }
 
     async def stream(self, request: Request, result: Completion) -> AsyncGenerator[str, None]:
-        create = cast(Any, self._client.chat.completions.create)  # the request's keys are the SDK's parameters
+        # The SDK's own stream ends alike on `data: [DONE]` and on a body that merely stops, so a cut
+        # stream would pass for a whole one: the SDK makes the request (retries, errors) and the events
+        # are read here, where [DONE] can be seen. The request's keys are the SDK's parameters.
+        create = cast(Any, self._client.chat.completions.with_streaming_response.create)
+        done = False
         try:
-            chunks = await create(**request)
-        except openai.OpenAIError as exc:
+            async with create(**request) as response:
+                async for data in _events(response.iter_lines()):
+                    if data.startswith("[DONE]"):
+                        done = True  # read on to the end, so that the connection can be reused
+                    elif not done:
+                        for content in _read_chunk(data, result):
+                            yield content
+        except openai.OpenAIError as exc:  # raised on the way in: an HTTP error after the retries, no connection
             raise ProviderError(_describe(exc)) from exc
-        async with chunks:
-            while True:
-                # Only the SDK's read is guarded: what the consumer throws in at `yield` passes through.
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except (openai.OpenAIError, ValueError) as exc:  # ValueError: a chunk that is not JSON
-                    raise ProviderError(_describe(exc)) from exc
-                # The SDK does not validate chunks: any field may be missing, hence the care below.
-                if not isinstance(chunk, ChatCompletionChunk):
-                    raise ProviderError("model server sent a malformed stream")
-                if chunk.usage is not None:
-                    result.prompt_tokens = _count(chunk.usage.prompt_tokens)
-                    result.completion_tokens = _count(chunk.usage.completion_tokens)
-                for choice in chunk.choices or ():
-                    if isinstance(choice.finish_reason, str):
-                        result.finish_reason = choice.finish_reason
-                    content = choice.delta.content if choice.delta is not None else None
-                    if isinstance(content, str) and content:
-                        yield content
-        # Some OpenAI-compatible servers end the stream without a finish_reason.
         if result.finish_reason is None:
-            result.finish_reason = "stop"
+            if not done:
+                raise ProviderError("model server ended the stream early (no finish_reason, no [DONE])")
+            result.finish_reason = "stop"  # some compatible servers send [DONE] but no finish_reason
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -163,8 +153,60 @@ def make_model(settings: Settings) -> ChatModel:
     return OpenAIModel(settings)
 
 
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each server-sent event: its `data:` lines, up to the blank line that ends it.
+
+    An event the body ends in the middle of is dropped, as the SSE standard says. Only the read is
+    guarded: a consumer's exception at `yield` passes through untouched.
+    """
+    data: list[str] = []
+    while True:
+        try:
+            line = await anext(lines)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:  # the HTTP client's errors: a cut connection, a read timeout
+            raise ProviderError(f"model server connection failed ({type(exc).__name__})") from exc
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            yield "\n".join(data)
+            data = []
+
+
+def _read_chunk(data: str, result: Completion) -> list[str]:
+    """The text deltas of one chunk; its usage and finish_reason go into `result`.
+
+    Compatible servers differ: any field may be missing, so each is read with care.
+    """
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ProviderError("model server sent a malformed stream") from None
+    if not isinstance(chunk, dict):
+        raise ProviderError("model server sent a malformed stream")
+    if chunk.get("error"):
+        raise ProviderError("model server reported an error in the stream")
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        result.prompt_tokens = _count(usage.get("prompt_tokens"))
+        result.completion_tokens = _count(usage.get("completion_tokens"))
+    choices = chunk.get("choices")
+    pieces = []
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("finish_reason"), str):
+            result.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            pieces.append(content)
+    return pieces
+
+
 def _count(value: object) -> int | None:
-    return value if isinstance(value, int) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _describe(exc: Exception) -> str:

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,48}$"
+# Ids the server makes (msg_…, record_…) are 64 characters at most, of the same characters.
+OBJECT_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 MAX_CONTENT = 5000
+INT64_MAX = 2**63 - 1  # both databases store seqs, pages and limits as 64-bit integers
+
+# Text that people write (contents, titles) may hold tabs and line breaks but no other C0 control
+# character: PostgreSQL refuses NUL where SQLite stores it, and both must behave alike. The schema
+# states the rules as patterns (classes spelled out, no \s, so that they mean the same in every
+# regex dialect); the validators say the same in words. tests/test_schemas.py holds them together.
+_TEXT_CHAR = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f]"
+# Not blank: at least one character that str.strip() keeps (the whitespace it strips, listed).
+_SHOWN_CHAR = r"[^\u0000-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+TEXT_PATTERN = rf"^{_TEXT_CHAR}*$"
+CONTENT_PATTERN = rf"^{_TEXT_CHAR}*{_SHOWN_CHAR}{_TEXT_CHAR}*$"
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# A client's own id: anything printable, no control characters at all.
+CLIENT_ID_PATTERN = r"^[^\u0000-\u001f\u007f]{1,64}$"
+
+
+def _no_controls(value: str) -> str:
+    if CONTROL.search(value):
+        raise ValueError("must not contain control characters other than tab, line feed and carriage return")
+    return value
 
 
 def _not_blank(value: str) -> str:
@@ -17,19 +49,52 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _emoji(value: str) -> str:
-    if any(ch.isspace() for ch in value):
-        raise ValueError("an emoji has no whitespace")
+def _encodable(value: str) -> str:
+    """JSON's \\ud800 escapes can carry a lone surrogate, which can be neither stored nor sent back as UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
     return value
 
 
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Emoji = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_emoji)]
-Content = Annotated[str, Field(min_length=1, max_length=MAX_CONTENT), AfterValidator(_not_blank)]
-ClientMsgId = Annotated[str, Field(min_length=1, max_length=64)]
-ObjectId = Annotated[str, Field(min_length=1, max_length=64)]
+ObjectId = Annotated[str, StringConstraints(pattern=OBJECT_ID_PATTERN)]
+# A constrained string refuses a lone surrogate itself (pydantic's string_unicode error).
+Content = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_CONTENT, json_schema_extra={"pattern": CONTENT_PATTERN}),
+    AfterValidator(_no_controls),
+    AfterValidator(_not_blank),
+]
+Title = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_controls)]
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=64, pattern=CLIENT_ID_PATTERN)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 7.0 as an integer; strict validation would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_SEQ = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Seq = Annotated[_SEQ, BeforeValidator(_integral, json_schema_input_type=_SEQ)]
+# 1-32 code points, no whitespace and no control characters (SPEC §10)
+Emoji = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f]{1,32}$")]
+SystemPrompt = Annotated[
+    str, Field(max_length=4000, json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_controls)
+]
 UtcTime = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
-FrameId = str | int
+# Echoed as `ref`: any string that can be sent back, or any integer.
+FrameId = Annotated[str, AfterValidator(_encodable)] | int
+
+# The ids a route takes in its path, validated (and documented) like the same ids in bodies.
+PATH_IDS: dict[str, Any] = {
+    "session_id": Identifier,
+    "user_id": Identifier,
+    "message_id": ObjectId,
+    "record_id": ObjectId,
+    "emoji": Emoji,
+}
 
 
 class Body(BaseModel):
@@ -47,7 +112,7 @@ class SendMessageIn(Body):
 
 class CreateSessionIn(Body):
     session_id: Identifier | None = None
-    title: Annotated[str, Field(max_length=200)] | None = None
+    title: Title | None = None
     members: Annotated[list[Identifier], Field(max_length=100)] = []
     ai_enabled: bool = True
 
@@ -58,10 +123,10 @@ AiTrigger = Literal["always", "mention"]
 class SessionPatchIn(Body):
     """Only the fields given change; null system prompt or model means the server's default."""
 
-    title: Annotated[str, Field(max_length=200)] | None = None
+    title: Title | None = None
     ai_enabled: bool = True
     ai_trigger: AiTrigger = "always"
-    ai_system_prompt: Annotated[str, Field(max_length=4000)] | None = None
+    ai_system_prompt: SystemPrompt | None = None
     ai_model: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
     def given(self) -> dict[str, Any]:
@@ -85,22 +150,40 @@ class ChangeQuery(Body):
     client_msg_id: ClientMsgId | None = None
 
 
-class EmojiPath(Body):
-    emoji: Emoji
-
-
 class RegenerateIn(Body):
     message_id: ObjectId
 
 
+# Pages stay within int64 offsets: (page - 1) × page_size ≤ INT64_MAX.
+MAX_PAGE_SIZE = 100
+MAX_PAGE = INT64_MAX // MAX_PAGE_SIZE
+LIST_MODES = (
+    "Two modes: pages (`page`, `page_size`) newest first, or a keyset page (`before_seq` newest first, or "
+    "`after_seq` oldest first, with `limit`). `before_seq` and `after_seq` together, `page` or `page_size` "
+    "with a seq bound, or `limit` without one: 422."
+)
+
+
+# The same rules for the OpenAPI document, which takes the query as one object (style form, exploded).
+_KEYSET: dict[str, Any] = {"anyOf": [{"required": ["before_seq"]}, {"required": ["after_seq"]}]}
+LIST_RULES: dict[str, Any] = {
+    "not": {"required": ["before_seq", "after_seq"]},
+    "if": _KEYSET,
+    "then": {"not": {"anyOf": [{"required": ["page"]}, {"required": ["page_size"]}]}},
+    "else": {"not": {"required": ["limit"]}},
+}
+
+
 class ListQuery(Body):
+    model_config = ConfigDict(json_schema_extra={"description": LIST_MODES, **LIST_RULES})
+
     session_id: Identifier
     types: Literal["text", "all"] = "text"  # TEXT rows only, or every event (SPEC §10)
-    page: Annotated[int, Field(ge=1)] | None = None
-    page_size: Annotated[int, Field(ge=1, le=100)] | None = None
-    before_seq: Annotated[int, Field(ge=0)] | None = None
-    after_seq: Annotated[int, Field(ge=0)] | None = None
-    limit: Annotated[int, Field(ge=1, le=200)] | None = None
+    page: Annotated[int, Field(ge=1, le=MAX_PAGE)] | None = None
+    page_size: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] | None = None
+    before_seq: Annotated[Seq, Field(description="not with after_seq")] | None = None
+    after_seq: Annotated[Seq, Field(description="not with before_seq")] | None = None
+    limit: Annotated[int, Field(ge=1, le=200, description="with before_seq or after_seq only")] | None = None
 
     @model_validator(mode="after")
     def _one_mode(self) -> ListQuery:
@@ -115,7 +198,7 @@ class ListQuery(Body):
 
 
 class ReadIn(Body):
-    seq: Annotated[int, Field(ge=0)]
+    seq: Seq
 
 
 class ReadMarkerOut(BaseModel):
@@ -274,6 +357,20 @@ class ReadyOut(BaseModel):
     status: str
 
 
+class SnapshotEvent(BaseModel):
+    """The data of the SSE `snapshot` event: the text so far."""
+
+    record_id: str
+    content: str
+
+
+class DeltaEvent(BaseModel):
+    """The data of an SSE `delta` event."""
+
+    delta: str
+    offset: int
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -305,7 +402,7 @@ class AiCancelFrame(ClientFrame):
 class SyncFrame(ClientFrame):
     type: Literal["sync"]
     session_id: Identifier
-    after_seq: Annotated[int, Field(ge=0)]
+    after_seq: Seq
 
 
 class PingFrame(ClientFrame):
@@ -342,7 +439,7 @@ class UnreactFrame(ClientFrame):
 class ReadFrame(ClientFrame):
     type: Literal["read"]
     session_id: Identifier
-    seq: Annotated[int, Field(ge=0)]
+    seq: Seq
 
 
 class TypingFrame(ClientFrame):

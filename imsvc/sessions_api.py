@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imsvc import store
-from imsvc.api import read_json, render, user_of, validate
+from imsvc.api import by_method, path_id, read_json, render, user_of
 from imsvc.schemas import (
     AddMemberIn,
     CreateSessionIn,
@@ -24,12 +24,6 @@ from imsvc.schemas import (
     message_out,
 )
 from imsvc.services import Services, services
-
-
-def session_id_of(request: Request) -> str:
-    """The path's session id, checked like any other (422 names `session_id`)."""
-    session_id: str = validate(CreateSessionIn, {"session_id": request.path_params["session_id"]}).session_id or ""
-    return session_id
 
 
 def session_out(listed: store.Listed) -> SessionOut:
@@ -90,13 +84,13 @@ async def list_sessions(request: Request) -> Response:
 
 async def get_session(request: Request) -> Response:
     user_id = user_of(request)
-    return render(await detail(services(request), session_id_of(request), user_id))
+    return render(await detail(services(request), path_id(request, "session_id"), user_id))
 
 
 async def patch_session(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, SessionPatchIn)
-    session_id = session_id_of(request)
+    session_id = path_id(request, "session_id")
     svc = services(request)
     await svc.chat.configure(user_id, session_id, body.given())
     async with svc.db.reader() as s:
@@ -107,15 +101,15 @@ async def patch_session(request: Request) -> Response:
 async def add_member(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, AddMemberIn)
-    added = await services(request).chat.add_member(user_id, session_id_of(request), body.user_id)
+    added = await services(request).chat.add_member(user_id, path_id(request, "session_id"), body.user_id)
     out = MemberOut(session_id=added.session_id, user_id=added.user_id, role=added.role, joined_at=added.joined_at)
     return render(out, 201 if added.created else 200)
 
 
 async def remove_member(request: Request) -> Response:
     user_id = user_of(request)
-    session_id = session_id_of(request)
-    target = validate(AddMemberIn, {"user_id": request.path_params["user_id"]}).user_id
+    session_id = path_id(request, "session_id")
+    target = path_id(request, "user_id")
     removed = await services(request).chat.remove_member(user_id, session_id, target)
     return render(RemovedOut(session_id=removed.session_id, user_id=removed.user_id, action=removed.action))
 
@@ -123,7 +117,7 @@ async def remove_member(request: Request) -> Response:
 async def read(request: Request) -> Response:
     user_id = user_of(request)
     body = await read_json(request, ReadIn)
-    marked = await services(request).chat.read(user_id, session_id_of(request), body.seq)
+    marked = await services(request).chat.read(user_id, path_id(request, "session_id"), body.seq)
     return render(
         ReadMarkerOut(session_id=marked.session_id, user_id=marked.user_id, last_read_seq=marked.last_read_seq)
     )
@@ -131,10 +125,12 @@ async def read(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/sessions", create_session, methods=["POST"]),
-        Route("/sessions", list_sessions, methods=["GET"]),
-        Route("/sessions/{session_id}", get_session, methods=["GET"]),
-        Route("/sessions/{session_id}", patch_session, methods=["PATCH"]),
+        Route("/sessions", by_method({"GET": list_sessions, "POST": create_session}), methods=["GET", "POST"]),
+        Route(
+            "/sessions/{session_id}",
+            by_method({"GET": get_session, "PATCH": patch_session}),
+            methods=["GET", "PATCH"],
+        ),
         Route("/sessions/{session_id}/members", add_member, methods=["POST"]),
         Route("/sessions/{session_id}/members/{user_id}", remove_member, methods=["DELETE"]),
         Route("/sessions/{session_id}/read", read, methods=["POST"]),

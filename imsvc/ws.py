@@ -14,7 +14,16 @@ from starlette.websockets import WebSocket
 
 from imsvc.auth import bearer, verify_token
 from imsvc.changes import Kind
-from imsvc.errors import BadRequest, ImsvcError, InvalidJson, Unauthorized, UnknownType, ValidationFailed, translate
+from imsvc.errors import (
+    BadRequest,
+    ImsvcError,
+    Internal,
+    InvalidJson,
+    Unauthorized,
+    UnknownType,
+    ValidationFailed,
+    translate,
+)
 from imsvc.events import Presence
 from imsvc.hub import CLOSE_SHUTDOWN, Connection
 from imsvc.logs import bound, get_logger
@@ -48,11 +57,15 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 
 inbound: TypeAdapter[Inbound] = TypeAdapter(InboundFrame)
+frame_id: TypeAdapter[FrameId] = TypeAdapter(FrameId)
 
 
 def frame_ref(data: Any) -> FrameId | None:
-    ref = data.get("id") if isinstance(data, dict) else None
-    return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
+    """The frame's `id`, to echo as `ref`, when it can be echoed (a lone surrogate cannot be sent back)."""
+    try:
+        return frame_id.validate_python(data.get("id"), strict=True) if isinstance(data, dict) else None
+    except ValidationError:
+        return None
 
 
 def too_big(raw: str | bytes) -> bool:
@@ -65,8 +78,10 @@ def too_big(raw: str | bytes) -> bool:
 def decode(text: str | bytes) -> Any:
     try:
         return json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
+    except ValueError:  # UnicodeDecodeError and integers of over 4300 digits included
         raise InvalidJson("frame is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("frame is nested too deeply") from None
 
 
 def parse(data: Any) -> Inbound:
@@ -75,7 +90,7 @@ def parse(data: Any) -> Inbound:
     if data["type"] not in INBOUND_TYPES:
         raise UnknownType(f"unknown frame type {data['type']!r}")
     try:
-        return inbound.validate_python(data)
+        return inbound.validate_python(data, strict=True)  # JSON has its types: `"5"` is not a seq, `1` not `true`
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
         raise ValidationFailed(details) from None
@@ -109,7 +124,7 @@ async def endpoint(websocket: WebSocket) -> None:
     structlog.contextvars.bind_contextvars(user_id=user_id)
     sender = asyncio.create_task(conn.run_sender())
     try:
-        await receive_loop(svc, websocket, conn)
+        await receive_loop(svc, websocket, conn, sender)
     finally:
         sessions = svc.hub.unregister(conn)
         if sessions is not None:  # its user's last socket here
@@ -150,9 +165,14 @@ async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
     await websocket.close(code, reason)
 
 
-async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) -> None:
+async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection, sender: asyncio.Task[None]) -> None:
     while not conn.closing:
-        message = await websocket.receive()
+        receiving = asyncio.ensure_future(websocket.receive())
+        await asyncio.wait((receiving, sender), return_when=asyncio.FIRST_COMPLETED)
+        if not receiving.done():  # the sender has ended (the socket is closed, or it gave up closing it)
+            receiving.cancel()
+            return
+        message = receiving.result()
         if message["type"] == "websocket.disconnect":
             return
         raw: str | bytes = message.get("text") or message.get("bytes") or b""
@@ -171,8 +191,11 @@ async def handle(svc: Services, conn: Connection, raw: str | bytes) -> None:
     except ImsvcError as exc:
         conn.send(ErrorFrame(code=exc.code, message=exc.message, ref=ref))
     except Exception as exc:
-        log.exception("frame failed")
         error = translate(exc)
+        if isinstance(error, Internal):
+            log.exception("frame failed")
+        else:
+            log.warning("database unavailable", error=type(exc).__name__)
         conn.send(ErrorFrame(code=error.code, message=error.message, ref=ref))
 
 

@@ -19,6 +19,7 @@ Modes (settable at any time; read when a request arrives; setting a *_once mode 
     length    like normal, but finish_reason "length"
     malformed a few chunks, then an event whose data is not JSON
     no_finish like normal, but no chunk carries a finish_reason (as some compatible servers do)
+    short     a few chunks, then the body ends cleanly: no finish_reason, no [DONE] (a proxy that gave up)
 """
 
 from __future__ import annotations
@@ -38,7 +39,20 @@ from starlette.routing import Route
 
 from tests.helpers import serve_app
 
-MODES = ("normal", "slow", "long", "429_once", "500", "500_once", "cut", "hang", "length", "malformed", "no_finish")
+MODES = (
+    "normal",
+    "slow",
+    "long",
+    "429_once",
+    "500",
+    "500_once",
+    "cut",
+    "hang",
+    "length",
+    "malformed",
+    "no_finish",
+    "short",
+)
 REPLY = "Hello there, this is the fake model speaking."
 CUT_AFTER = 3
 LONG_PIECES = 200
@@ -129,6 +143,8 @@ class FakeLLM:
                     raise StreamCut("fake model server cut the stream (on purpose)")
                 if mode == "malformed" and i == CUT_AFTER:
                     yield 'data: {"id": "chatcmpl-fake", "choices": [\n\n'
+                    return
+                if mode == "short" and i == CUT_AFTER:
                     return
                 if mode == "hang" and i == 1:
                     await self.release.wait()  # close_streams() sets it too

@@ -344,3 +344,14 @@ async def test_the_model_sees_edited_text_and_not_deleted_messages(
     assert contents == ["my name is Alice", "what is my name?"]
     assert [m["content"] for m in after_delete if m["role"] == "user"] == ["what is my name?", "and now?"]
     assert len(fake_llm.requests) == 3  # neither the edit nor the delete started a reply
+
+
+async def test_a_client_msg_id_reused_for_another_kind_of_request_is_a_conflict(server: LiveServer) -> None:
+    alice = uid()
+    room = await server.room(alice)
+    sent = await server.send(alice, room, "hello", client_msg_id="same")
+    assert code(await react(server, alice, sent["message_id"], "👍", client_msg_id="same")) == (409, "conflict")
+    body(await react(server, alice, sent["message_id"], "👍", client_msg_id="r"))
+    assert code(await edit(server, alice, sent["message_id"], "x", client_msg_id="r")) == (409, "conflict")
+    r = await server.post("/message/send", alice, {"session_id": room, "content": "again", "client_msg_id": "r"})
+    assert code(r) == (409, "conflict")

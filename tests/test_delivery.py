@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from contextlib import AsyncExitStack
+from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import ServerFactory
@@ -118,3 +120,39 @@ async def test_a_slow_socket_is_dropped_without_delaying_the_others(make_server:
             code, reason = await slow.closed()
             assert code == 1008 and reason == "slow consumer"
             await fast.nothing_more()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a socket matter: one database is enough
+async def test_a_peer_that_reads_nothing_is_dropped_soon_after_its_queue_overflows(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close frame of 1008 cannot be written to a peer whose window is shut, so it must not be waited for:
+    the socket is dropped (unregistered, its handler done) within seconds, not at the ping timeout (~40 s)."""
+    server = await make_server(ws_send_queue=5)
+    alice, bob = uid(), uid()
+    room = await server.room(alice, bob)
+    hub = server.app.state.services.hub
+    dropped = asyncio.Event()
+    unregister = hub.unregister
+
+    def unregister_and_tell(conn: Any) -> None:
+        unregister(conn)
+        if conn.user_id == bob:
+            dropped.set()
+
+    monkeypatch.setattr(hub, "unregister", unregister_and_tell)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    host, port = server.url.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+    uri = f"{server.ws_url}/ws?token={token(bob)}"
+    # close_timeout: leaving, the client waits for a close frame the server can no longer send it
+    async with connect(uri, sock=raw, max_queue=1, max_size=None, compression=None, close_timeout=0.5):
+        for _ in range(2000):
+            if any(c.closing for c in hub.connections(bob)):
+                break
+            await server.send(alice, room, "😀" * 5000)
+        else:
+            raise AssertionError("the socket never overflowed")
+        await asyncio.wait_for(dropped.wait(), 4)

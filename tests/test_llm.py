@@ -81,6 +81,17 @@ async def test_stream_without_finish_reason_ends_as_stop(fake_llm: FakeLLM, mode
     assert result.finish_reason == "stop"
 
 
+async def test_stream_that_stops_without_done_or_finish_reason_raises(fake_llm: FakeLLM, model: ChatModel) -> None:
+    fake_llm.mode = "short"  # the body ends cleanly: the SDK's own stream would take it for a whole reply
+    pieces: list[str] = []
+    result = Completion()
+    with pytest.raises(ProviderError, match="ended the stream early"):
+        async for piece in model.stream(model.request(MESSAGES), result):
+            pieces.append(piece)
+    assert len(pieces) == CUT_AFTER and result.finish_reason is None
+    assert len(fake_llm.requests) == 1
+
+
 async def test_rate_limit_is_retried(fake_llm: FakeLLM, model: ChatModel) -> None:
     fake_llm.mode = "429_once"
     result = Completion()

@@ -226,8 +226,9 @@ async def test_500_before_the_first_token_fails_without_a_message(ai: LiveServer
     assert rec["first_token_ms"] is None and rec["duration_ms"] is not None and "500" in rec["error_message"]
 
 
-async def test_cut_stream_stores_the_partial_reply(ai: LiveServer, fake_llm: FakeLLM) -> None:
-    fake_llm.mode = "cut"
+@pytest.mark.parametrize("mode", ["cut", "short"])  # the connection drops; the body ends without [DONE]
+async def test_cut_stream_stores_the_partial_reply(ai: LiveServer, fake_llm: FakeLLM, mode: str) -> None:
+    fake_llm.mode = mode
     alice = uid()
     room = await ai.room(alice, ai=True)
     async with ai.ws(alice) as ws:
@@ -562,3 +563,52 @@ async def test_a_retry_after_a_lost_commit_answer_starts_the_reply_nobody_runs(
         _, final = await reply_frames(ws, record_id)
     assert final["type"] == "ai_reply" and final["content"] == fake_llm.text()
     assert (await record(ai, alice, record_id))["status"] == 1
+
+
+async def final_record(server: LiveServer, user: str, record_id: str) -> dict[str, Any]:
+    """The record once its reply has ended: the SSE stream of a reply closes after its final event."""
+    stream = await server.get(f"/ai/records/{record_id}/stream", user)
+    assert stream.status_code == 200 and ("event: done" in stream.text or "event: error" in stream.text)
+    return await record(server, user, record_id)
+
+
+@pytest.mark.parametrize("phase", ["queued", "generating", "concluding"])
+async def test_a_reply_ends_stored_whichever_phase_its_client_leaves_in(
+    make_server: ServerFactory, fake_llm: FakeLLM, phase: str
+) -> None:
+    server = await make_server(
+        ai_provider="openai", ai_api_key="k", ai_base_url=fake_llm.url, ai_max_concurrency=1, ai_timeout_s=20
+    )
+    fake_llm.mode = "hang"  # one word, then nothing until released
+    alice = uid()
+    room = await server.room(alice, ai=True)
+    if phase == "queued":  # another reply holds the only slot
+        await server.send(alice, await server.room(alice, ai=True), "hold the slot")
+        await fake_llm.wait_for_requests(1)
+    async with server.ws(alice) as ws:  # the client watching the reply, which leaves
+        record_id = (await server.send(alice, room, "then leave"))["ai_record_id"]
+        if phase != "queued":
+            await ws.recv_type("ai_reply_delta")
+        if phase == "concluding":
+            fake_llm.release.set()  # the rest arrives and the reply is stored while the socket drops
+            ws.conn.transport.abort()
+    fake_llm.release.set()
+    rec = await final_record(server, alice, record_id)
+    assert (rec["status"], rec["finish_reason"], rec["response_content"]) == (1, "stop", fake_llm.text())
+    listing = (await server.get("/message/list", alice, params={"session_id": room})).json()
+    assert listing["messages"][0]["msg_content"] == fake_llm.text()
+
+
+@pytest.mark.parametrize(("mode", "code"), [("hang", "timeout"), ("cut", "provider_error")])
+async def test_a_failing_model_ends_the_reply_of_a_client_that_left(
+    make_server: ServerFactory, fake_llm: FakeLLM, mode: str, code: str
+) -> None:
+    server = await make_server(ai_provider="openai", ai_api_key="k", ai_base_url=fake_llm.url, ai_timeout_s=1)
+    fake_llm.mode = mode
+    alice = uid()
+    room = await server.room(alice, ai=True)
+    async with server.ws(alice) as ws:
+        record_id = (await server.send(alice, room, "and go"))["ai_record_id"]
+        await ws.recv_type("ai_reply_start")
+    rec = await final_record(server, alice, record_id)
+    assert rec["status"] == 2 and rec["error_message"].startswith(f"{code}: ") and rec["response_content"]

@@ -8,6 +8,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from imsvc.schemas import INBOUND_TYPES
 from tests.conftest import ServerFactory
 from tests.helpers import LiveServer, WsClient, token, uid
 
@@ -98,6 +99,16 @@ async def test_duplicate_send_answers_original_and_fans_out_once(server: LiveSer
         ('{"type": "sync", "session_id": "s", "id": "r1"}', "validation_error"),
         ('{"type": "sync", "session_id": "s", "after_seq": -1, "id": "r1"}', "validation_error"),
         ('{"type": "ai_cancel", "id": "r1"}', "validation_error"),
+        ('{"type": "sync", "session_id": "s", "after_seq": 9223372036854775808, "id": "r1"}', "validation_error"),
+        ('{"type": "sync", "session_id": "s", "after_seq": "5", "id": "r1"}', "validation_error"),  # JSON is typed
+        ('{"type": "sync", "session_id": "s", "after_seq": true, "id": "r1"}', "validation_error"),
+        ('{"type": "send_message", "content": "a\\u0000b", "id": "r1"}', "validation_error"),
+        ('{"type": "send_message", "content": "\\u0007", "id": "r1"}', "validation_error"),
+        ('{"type": "send_message", "content": "x", "client_msg_id": "\\u0000", "id": "r1"}', "validation_error"),
+        ('{"type": "ai_cancel", "record_id": "record\\u0000", "id": "r1"}', "validation_error"),
+        ('{"type": "ping", "pad": ' + "[" * 5000 + "]" * 5000 + "}", "bad_request"),
+        ("[" * 30000 + "]" * 30000, "bad_request"),
+        ('{"type": "ping", "id": ' + "9" * 5000 + "}", "invalid_json"),  # past Python's 4300 digits
     ],
 )
 async def test_bad_frames_get_error_and_keep_the_connection(server: LiveServer, raw: str, code: str) -> None:
@@ -108,6 +119,21 @@ async def test_bad_frames_get_error_and_keep_the_connection(server: LiveServer, 
         if '"id": "r1"' in raw:
             assert error["ref"] == "r1"
         assert (await ws.request({"type": "ping"}))["type"] == "pong"
+
+
+@pytest.mark.parametrize("kind", sorted(INBOUND_TYPES))
+async def test_an_id_that_cannot_be_echoed_is_answered_without_ref(server: LiveServer, kind: str) -> None:
+    alice = uid()
+    room = await server.room(alice)
+    fields = {"type": kind, "session_id": room, "content": "x", "after_seq": 0, "record_id": "record_x"}
+    async with server.ws(alice) as ws:
+        for bad_id in ("\ud800", "a\udfffb"):  # sent as JSON escapes: a lone surrogate cannot be sent back
+            await ws.send(json.dumps({**fields, "id": bad_id}))
+            error = await ws.recv()
+            assert error == {"type": "error", "code": "validation_error", "message": error["message"], "ref": None}
+            assert error["message"].startswith("id")
+        assert (await ws.request({"type": "ping"}))["type"] == "pong"  # still open
+    assert (await server.get("/message/list", alice, params={"session_id": room})).json()["total"] == 0
 
 
 async def test_binary_frame_of_json_is_read(server: LiveServer) -> None:
