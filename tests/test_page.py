@@ -1,10 +1,12 @@
 """The chat page (SPEC §8) in a real headless Chromium: sign in, send, stream, history, fragment mode, Stop;
-edits, deletes and reactions (SPEC §10), live between two users and after a reconnect or a reload."""
+edits, deletes and reactions (SPEC §10), live between two users and after a reconnect or a reload; new
+conversations, members and settings (SPEC §11); unread badges, "seen by", typing and presence (SPEC §12)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -543,3 +545,259 @@ async def test_change_rows_apply_once_in_order_and_wait_for_their_target(server:
     await expect_reaction(shown(page, 3), "🎉", 1, pressed=False)
     seqs = await page.get_by_role("log").locator("li").evaluate_all("items => items.map(li => Number(li.dataset.seq))")
     assert seqs == [3, 10, 14]
+
+
+# ---- running a session (SPEC §11): new conversations, members, settings ----
+
+
+def session_button(page: Page, name: str) -> Locator:
+    """The session's entry in the list, by its title (or id when it has none)."""
+    return page.get_by_role("navigation").get_by_role("button", name=name, exact=True)
+
+
+def member(page: Page, user: str) -> Locator:
+    return page.get_by_role("list", name="Members").get_by_role("listitem").filter(has_text=user)
+
+
+def dot(page: Page, user: str, status: str) -> Locator:
+    return member(page, user).get_by_role("img", name=status, exact=True)
+
+
+async def add_member(page: Page, user: str) -> None:
+    await page.get_by_label("Add member").fill(user)
+    await page.get_by_role("button", name="Add", exact=True).click()
+    await expect(member(page, user)).to_be_visible()
+    await expect(page.get_by_label("Add member")).to_have_value("")
+
+
+async def test_new_conversation_creates_and_opens_a_session(server: LiveServer, page: Page) -> None:
+    user = uid()
+    await sign_in(page, server, user)
+    await page.get_by_role("button", name="New conversation").click()
+    await expect(member(page, f"{user} (you)")).to_contain_text("owner")
+    (listed,) = (await server.get("/sessions", user)).json()["sessions"]
+    session_id = listed["session_id"]
+    assert listed["role"] == "owner" and listed["ai_enabled"] is True
+    await expect(page.get_by_role("heading", name=session_id)).to_be_visible()
+    await expect(session_button(page, session_id)).to_have_attribute("aria-current", "true")
+    await expect(page.get_by_label("Message")).to_be_focused()
+
+    await page.get_by_label("Message").press_sequentially("hi")
+    await page.get_by_label("Message").press("Enter")
+    await expect(shown(page, 2).locator(".body")).to_have_text("Echo: hi")  # the assistant is on by default
+
+    await page.get_by_role("button", name="New conversation").click()  # a second one, distinct, on top
+    await expect(page.locator(".session")).to_have_count(2)
+    await expect(page.locator(".session").first).to_have_attribute("aria-current", "true")
+    await expect(page.get_by_role("log").locator("li")).to_have_count(0)
+
+
+async def test_members_are_added_removed_and_leave(server: LiveServer, tabs: Tabs) -> None:
+    alice, bob = uid(), uid()
+    session_id = await server.room(alice)
+    a, b = await tabs(), await tabs()
+    await open_as(a, server, alice, session_id)
+    await sign_in(b, server, bob)
+    await expect(member(a, alice)).to_contain_text("owner")
+    await expect(dot(a, alice, "online")).to_be_visible()
+
+    await add_member(a, bob)
+    await session_button(b, session_id).click()  # the session appeared in bob's list
+    await expect(member(b, alice)).to_contain_text("owner")
+    await expect(member(b, f"{bob} (you)")).to_be_visible()
+    # A member sees the settings but cannot change them, nor remove anyone.
+    await expect(b.get_by_label("Title")).to_be_disabled()
+    await expect(b.get_by_role("button", name="Save settings")).to_be_hidden()
+    await expect(b.get_by_role("button", name=re.compile("^Remove"))).to_have_count(0)
+
+    await a.get_by_role("button", name=f"Remove {bob}").click()
+    await expect(member(a, bob)).to_have_count(0)
+    await expect(session_button(b, session_id)).to_have_count(0)
+    await expect(b.locator("#hint")).to_have_text(f"{alice} removed you from this conversation.")
+    await expect(b.get_by_label("Message")).to_be_disabled()
+    await expect(b.get_by_role("list", name="Members")).to_be_hidden()
+
+    # Added again, bob opens it (its history replays his removal, which no longer holds) and leaves.
+    await add_member(a, bob)
+    await session_button(b, session_id).click()
+    await expect(member(b, f"{bob} (you)")).to_be_visible()
+    b.once("dialog", lambda dialog: dialog.accept())
+    await b.get_by_role("button", name="Leave conversation").click()
+    await expect(b.locator("#hint")).to_have_text("You left this conversation.")
+    await expect(session_button(b, session_id)).to_have_count(0)
+    await expect(member(a, bob)).to_have_count(0)
+
+    # The owner leaves: the earliest member left (bob, here) becomes the owner, live on his page.
+    await add_member(a, bob)
+    await session_button(b, session_id).click()
+    await expect(b.get_by_label("Title")).to_be_disabled()
+    a.once("dialog", lambda dialog: dialog.accept())
+    await a.get_by_role("button", name="Leave conversation").click()
+    await expect(session_button(a, session_id)).to_have_count(0)
+    await expect(member(b, alice)).to_have_count(0)
+    await expect(member(b, f"{bob} (you)")).to_contain_text("owner")
+    await expect(b.get_by_label("Title")).to_be_enabled()
+    await expect(b.get_by_role("button", name="Save settings")).to_be_visible()
+    detail = (await server.get(f"/sessions/{session_id}", bob)).json()
+    assert [(m["user_id"], m["role"]) for m in detail["members"]] == [(bob, "owner")]
+
+
+async def test_the_owner_sets_a_mention_trigger_and_the_assistant_answers_mentions_only(
+    make_server: ServerFactory, tabs: Tabs
+) -> None:
+    server = await make_server(ai_models="echo-small,echo-large")
+    alice, bob = uid(), uid()
+    session_id = await server.room(alice, bob, ai=True)
+    a, b = await tabs(), await tabs()
+    await open_as(a, server, alice, session_id)
+    await open_as(b, server, bob, session_id)
+    await expect(b.get_by_label("Title")).to_be_disabled()
+    await expect(b.locator("#settings-note")).to_have_text(f"Only the owner ({alice}) changes these.")
+
+    title = "Planning <b>Q3</b>"
+    await a.get_by_label("Title").fill(title)
+    await a.get_by_label("Assistant answers").select_option("mention")
+    await a.get_by_label("System prompt").fill("Be brief.")
+    await a.get_by_label("Model").fill("gpt-huge")  # not in the server's AI_MODELS
+    await a.get_by_role("button", name="Save settings").click()
+    await expect(a.get_by_role("alert")).to_contain_text("ai_model must be one of")
+    await expect(a.get_by_label("Title")).to_have_value(title)  # what was typed stays
+    await a.get_by_label("Model").fill("echo-small")
+    await a.get_by_role("button", name="Save settings").click()
+    await expect(a.locator("#settings-saved")).to_have_text("Saved.")
+
+    for shown_to in (a, b):
+        await expect(session_button(shown_to, title)).to_be_visible()  # the title replaces the id, as text
+        await expect(shown_to.get_by_role("heading", name=title)).to_be_visible()
+        await expect(shown_to.get_by_label("Message")).to_have_attribute("placeholder", re.compile("@ai_bot"))
+    await expect(b.get_by_label("Assistant answers")).to_have_value("mention")  # live, through the SETTINGS event
+    await expect(b.get_by_label("System prompt")).to_have_value("Be brief.")
+    await expect(b.get_by_label("Model")).to_have_value("echo-small")
+    await expect(b.get_by_role("navigation").locator("b")).to_have_count(0)
+
+    await b.get_by_label("Message").fill("no reply to this one")
+    await b.get_by_label("Message").press("Enter")
+    await expect(a.get_by_role("log").locator("li .body")).to_have_text(["no reply to this one"])
+    await a.get_by_label("Message").fill("@ai_bot are you there?")
+    await a.get_by_label("Message").press("Enter")
+    answered = [  # in a group, the model reads who wrote each message, and the echo repeats it
+        "no reply to this one",
+        "@ai_bot are you there?",
+        f"Echo: {alice}: @ai_bot are you there?",
+    ]
+    await expect(b.get_by_role("log").locator("li .body")).to_have_text(answered)
+    await b.get_by_label("Message").fill("and you, @Assistant?")
+    await b.get_by_label("Message").press("Enter")
+    answered += ["and you, @Assistant?", f"Echo: {bob}: and you, @Assistant?"]
+    for shown_to in (a, b):
+        await expect(shown_to.get_by_role("log").locator("li .body")).to_have_text(answered)
+    records = (await server.get(f"/ai/records?session_id={session_id}", alice)).json()["records"]
+    assert sorted(r["model"] for r in records) == ["echo-small", "echo-small"]  # two replies, the session's model
+    detail = (await server.get(f"/sessions/{session_id}", bob)).json()
+    assert (detail["title"], detail["ai_trigger"], detail["ai_system_prompt"]) == (title, "mention", "Be brief.")
+
+
+# ---- read markers, unread counts, typing, presence (SPEC §12) ----
+
+
+def badge(page: Page, name: str) -> Locator:
+    return session_button(page, name).locator(".unread")
+
+
+async def test_unread_badges_count_and_clear_on_every_page_of_the_reader(server: LiveServer, tabs: Tabs) -> None:
+    alice, bob = uid(), uid()
+    here, there = await server.room(alice, bob), await server.room(alice, bob)
+    b1 = await tabs()
+    await open_as(b1, server, bob, here)
+    await expect(session_button(b1, there)).to_be_visible()
+
+    one = await server.send(alice, there, "one")
+    await server.send(alice, there, "two")
+    await server.send(alice, here, "in view")  # the open conversation: read as it arrives
+    await expect(badge(b1, there)).to_have_text("2 unread")
+    await expect(shown(b1, 1).locator(".body")).to_have_text("in view")
+    await expect(badge(b1, here)).to_have_count(0)
+
+    b2 = await tabs()  # bob's other page: its counts come from the server
+    await open_as(b2, server, bob, here)
+    await expect(badge(b2, there)).to_have_text("2 unread")
+    await expect(badge(b2, here)).to_have_count(0)
+    await expect(b2).to_have_title("(2) imsvc chat")
+
+    await server.send(alice, there, "three")
+    await change(server, "DELETE", f"/message/{one['message_id']}", alice)  # a deleted message no longer counts
+    for page in (b1, b2):
+        await expect(badge(page, there)).to_have_text("2 unread")
+        await expect(session_button(page, there)).to_contain_text(f"{alice}: three")
+
+    await session_button(b1, there).click()
+    await expect(shown(b1, 3).locator(".body")).to_have_text("three")
+    await expect(badge(b1, there)).to_have_count(0)
+    await expect(badge(b2, there)).to_have_count(0)  # through the read_marker frame for bob's own user
+    await expect(b2).to_have_title("imsvc chat")
+    listed = {s["session_id"]: s for s in (await server.get("/sessions", bob)).json()["sessions"]}
+    assert (listed[there]["unread"], listed[there]["last_read_seq"]) == (0, 4)
+
+
+TYPING_FRAMES = """() => {
+  window.typingSent = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    const frame = JSON.parse(data);
+    if (frame.type === "typing") window.typingSent.push(frame.active);
+    return send.call(this, data);
+  };
+}"""
+
+
+async def test_typing_shows_while_the_other_member_composes(server: LiveServer, tabs: Tabs) -> None:
+    alice, bob = uid(), uid()
+    session_id = await server.room(alice, bob)
+    a, b = await tabs(), await tabs()
+    await a.add_init_script(script=f"({TYPING_FRAMES})()")
+    await open_as(a, server, alice, session_id)
+    await open_as(b, server, bob, session_id)
+    box, typing = a.get_by_label("Message"), b.locator("#typing")
+
+    for text in ("h", "he", "hel"):  # one frame for the burst
+        await box.fill(text)
+    await expect(typing).to_have_text(f"{alice} is typing…")
+    await expect(a.locator("#typing")).to_have_text("")  # not shown to the typist
+    await box.fill("")  # cleared: no longer typing
+    await expect(typing).to_have_text("")
+
+    # Typing again within the server's 2 s gap: the page waits for its end instead of being dropped.
+    await box.fill("hello")
+    await expect(typing).to_have_text(f"{alice} is typing…")
+    await box.press("Enter")
+    await expect(shown(b, 1).locator(".body")).to_have_text("hello")
+    await expect(typing).to_have_text("")
+    assert await a.evaluate("window.typingSent") == [True, False, True, False]
+
+
+async def test_online_dots_and_seen_by(server: LiveServer, tabs: Tabs) -> None:
+    alice, bob = uid(), uid()
+    session_id = await server.room(alice, bob)
+    a = await tabs()
+    await open_as(a, server, alice, session_id)
+    await expect(dot(a, bob, "offline")).to_be_visible()
+    for text in ("first", "second"):
+        await a.get_by_label("Message").fill(text)
+        await a.get_by_label("Message").press("Enter")
+    await expect(shown(a, 2).locator(".body")).to_have_text("second")
+    await expect(a.locator(".seen")).to_have_count(0)
+
+    b = await tabs()
+    await b.goto(f"{server.url}/#token={token(bob)}")  # opens his only session by itself, and reads it
+    await expect(dot(a, bob, "online")).to_be_visible()
+    await expect(shown(a, 2).locator(".seen")).to_have_text(f"Seen by {bob}")
+    await expect(a.locator(".seen")).to_have_count(1)  # under alice's last message only
+    await expect(b.locator(".seen")).to_have_count(0)  # bob wrote nothing
+
+    await a.get_by_label("Message").fill("third")
+    await a.get_by_label("Message").press("Enter")
+    await expect(shown(a, 3).locator(".seen")).to_have_text(f"Seen by {bob}")  # bob's page shows it at once
+    await expect(a.locator(".seen")).to_have_count(1)
+
+    await b.close()
+    await expect(dot(a, bob, "offline")).to_be_visible()

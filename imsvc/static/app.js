@@ -5,6 +5,9 @@ const BOT = "ai_bot";
 const PALETTE = ["👍", "❤️", "😂", "🎉"]; // the reactions offered on every message
 const PAGE = 50;
 const NO_SEQ = 2147483647; // before_seq for a session whose last_seq we do not know yet
+const TYPING_SHOWN_MS = 6000; // how long another member's "typing…" lasts without news (SPEC §12)
+const TYPING_REFRESH_MS = 3000; // while composing, "still typing" goes out this often
+const TYPING_GAP_MS = 2100; // the server forwards one "typing" per 2 s: sooner ones would be dropped
 const $ = (id) => document.getElementById(id);
 const codePoints = (text) => Array.from(text).length;
 
@@ -28,6 +31,20 @@ const state = {
   outbox: new Map(), // client_msg_id -> {frame, li}: sent, not yet acknowledged (resent after a reconnect)
   refreshTimer: null,
   connectedBefore: false,
+  // The open session's details (SPEC §11): GET /sessions/{id}, kept current by events.
+  detail: null, // the session object with `members`, or null while unknown (or not a member)
+  detailRequest: 0,
+  detailTimer: null,
+  members: new Map(), // user_id -> member {user_id, role, last_read_seq, ...} of the open session
+  settingsDirty: false, // the owner has typed into the settings form: events do not overwrite it
+  // Presence and typing (SPEC §12).
+  online: new Map(), // user_id -> bool, from members' `online` and `presence` frames
+  presenceAt: new Map(), // user_id -> presenceTick of their last presence frame
+  presenceTick: 0,
+  typing: new Map(), // session_id -> Map(user_id -> timer): others typing
+  typingOut: { session: null, shown: false, last: new Map(), timer: null }, // our own "typing" frames
+  readTimer: null,
+  readSent: 0, // the highest seq we have sent `read` for in the open session
 };
 
 // ---- small helpers ----
@@ -74,6 +91,9 @@ function setStatus(text, online = false) {
   $("status").textContent = text;
   $("status").classList.toggle("online", online);
 }
+
+const sessionPath = (id, rest = "") => `/sessions/${encodeURIComponent(id)}${rest}`;
+const pageVisible = () => document.visibilityState === "visible";
 
 async function api(path, options = {}) {
   const headers = { Authorization: `Bearer ${state.token}` };
@@ -131,7 +151,8 @@ function start(token, session) {
   $("login").hidden = true;
   $("chat").hidden = false;
   $("whoami").textContent = state.user ? `Signed in as ${state.user}` : "";
-  $("hint").textContent = "Pick a session, or type a session id to open or start one.";
+  $("hint").textContent = "Pick a session, start a new conversation, or type a session id to open one.";
+  state.online.set(state.user, true);
   connect();
   if (session) openSession(session);
   loadSessions().then(() => {
@@ -150,9 +171,21 @@ function connect() {
   ws.onopen = () => {
     state.backoff = 500;
     setStatus("Connected", true);
-    if (state.connectedBefore) loadSessions(); // the list may have moved while we were away
+    if (state.connectedBefore) {
+      // The list, the members and their presence may have moved while we were away; so may our membership.
+      const open = state.open;
+      loadSessions().then(() => {
+        if (open && state.open === open && state.canSync && !state.sessions.has(open)) {
+          closeConversation("You are no longer a member of this conversation.");
+        }
+      });
+      loadDetail();
+    }
     state.connectedBefore = true;
+    state.readSent = 0; // a read sent just before the drop may not have arrived
+    state.typingOut.shown = false;
     catchUp();
+    markReadSoon();
     for (const { frame } of state.outbox.values()) wsSend(frame); // idempotent: same client_msg_id
   };
   ws.onmessage = (event) => {
@@ -197,12 +230,21 @@ const handlers = {
       pending.li.remove();
       state.outbox.delete(pending.frame.client_msg_id);
     }
-    if (f.message?.session_id === state.open) state.canSync = true;
+    if (f.message?.session_id === state.open && !state.canSync) {
+      state.canSync = true; // our first message created the session (or made us see it)
+      loadDetailSoon();
+    }
     addMessage(f.message); // a change's own row; or, when nothing changed, its target (already held)
     const edited = f.ref != null && state.pendingEdits.get(f.ref);
     if (edited) closeEditor(edited);
   },
-  new_message: (f) => addMessage(f.message),
+  new_message(f) {
+    // Our own removal (or leaving, from another device) comes live, and nothing of the session after it.
+    // Only live: a sync may replay an old removal of ours that a later `added` undid.
+    if (isOwnRemoval(f.message)) return leftSession(f.message.session_id, removalReason(f.message));
+    if (isText(f.message)) setTyping(f.message.session_id, f.message.from_user_id, false); // it ends their "typing…"
+    addMessage(f.message);
+  },
   sync_result(f) {
     if (f.session_id !== state.open) return;
     // Rows come folded as of the read, which saw every row of this result: a target first received
@@ -238,6 +280,31 @@ const handlers = {
     const why = f.error?.message || f.error?.code || "error";
     endReply(f, `failed: ${why}`, `The AI reply failed: ${why}`);
   },
+  read_marker(f) {
+    const s = state.sessions.get(f.session_id);
+    if (f.user_id === state.user && s && f.last_read_seq > s.last_read_seq) {
+      // Read on another device of ours (or this one's answer): its badge clears here too.
+      s.last_read_seq = f.last_read_seq;
+      if (s.last_read_seq >= s.last_seq) s.unread = 0;
+      else refreshSessionsSoon(); // read up to part of what we hold: the server counts the rest
+      renderSessions();
+    }
+    if (f.session_id === state.open) {
+      const member = state.members.get(f.user_id);
+      if (member && f.last_read_seq > member.last_read_seq) {
+        member.last_read_seq = f.last_read_seq;
+        paintSeen();
+      }
+    }
+  },
+  typing(f) {
+    if (f.user_id !== state.user) setTyping(f.session_id, f.user_id, f.active);
+  },
+  presence(f) {
+    state.presenceAt.set(f.user_id, ++state.presenceTick);
+    state.online.set(f.user_id, f.online);
+    if (state.members.has(f.user_id)) renderMembers();
+  },
   error(f) {
     const edited = f.ref != null && state.pendingEdits.get(f.ref);
     if (edited) {
@@ -259,7 +326,20 @@ const handlers = {
 async function loadSessions() {
   try {
     const { sessions } = await api("/sessions");
-    state.sessions = new Map(sessions.map((s) => [s.session_id, s]));
+    const fresh = new Map(sessions.map((s) => [s.session_id, s]));
+    for (const [id, s] of fresh) {
+      // The answer may predate events that arrived while it travelled: what they taught us stays.
+      const known = state.sessions.get(id);
+      if (!known) continue;
+      if (known.last_seq > s.last_seq) {
+        Object.assign(s, { last_seq: known.last_seq, last_message: known.last_message, unread: known.unread });
+      }
+      if (known.last_read_seq > s.last_read_seq) {
+        s.last_read_seq = known.last_read_seq;
+        if (s.last_read_seq >= s.last_seq) s.unread = 0;
+      }
+    }
+    state.sessions = fresh;
     renderSessions();
     for (const entry of state.entries.values()) paint(entry); // our role decides who may delete what
   } catch (err) {
@@ -268,23 +348,37 @@ async function loadSessions() {
 }
 
 function renderSessions() {
+  let total = 0;
   const items = [...state.sessions.values()].map((s, i) => {
     const button = el("button", "session");
     button.type = "button";
     button.setAttribute("aria-label", s.title || s.session_id);
-    button.setAttribute("aria-describedby", `session-last-${i}`);
     if (s.session_id === state.open) button.setAttribute("aria-current", "true");
     const lm = s.last_message;
     const last = lm ? `${lm.from_user_id}: ${lm.deleted ? "message deleted" : lm.msg_content}` : "No messages";
-    button.append(el("span", "name", s.title || s.session_id), el("span", "last", last));
-    button.lastChild.id = `session-last-${i}`;
+    const head = el("span", "head");
+    head.append(el("span", "name", s.title || s.session_id));
+    const described = [`session-last-${i}`];
+    if (s.unread > 0) {
+      total += s.unread;
+      const badge = el("span", "unread", s.unread > 99 ? "99+" : String(s.unread));
+      badge.append(el("span", "sr-only", " unread"));
+      badge.id = `session-unread-${i}`;
+      described.unshift(badge.id);
+      head.append(badge);
+    }
+    const lastLine = el("span", "last", last);
+    lastLine.id = `session-last-${i}`;
+    button.append(head, lastLine);
+    button.setAttribute("aria-describedby", described.join(" "));
     button.onclick = () => openSession(s.session_id);
     const li = el("li");
     li.append(button);
     return li;
   });
   $("sessions").replaceChildren(...items);
-  if (state.open) $("title").textContent = state.sessions.get(state.open)?.title || state.open;
+  document.title = total ? `(${total}) imsvc chat` : "imsvc chat";
+  if (state.open) $("title").textContent = state.sessions.get(state.open)?.title || state.detail?.title || state.open;
 }
 
 function refreshSessionsSoon() {
@@ -294,37 +388,83 @@ function refreshSessionsSoon() {
 
 // An event newer than what the list knows moves its session to the top. Its last message is the latest
 // TEXT one, with later changes to it folded in; membership and settings events reload the list (role, title).
+// Unread counts follow the same events: others' TEXT messages count unless we are looking at them (SPEC §12).
 function noteSession(m) {
   const s = state.sessions.get(m.session_id);
   if (!s || m.msg_type === "MEMBER" || m.msg_type === "SETTINGS") refreshSessionsSoon();
   if (!s || m.seq <= s.last_seq) return;
   s.last_seq = m.seq;
-  if (isText(m)) s.last_message = { ...m, reactions: new Map() };
-  else if (s.last_message?.message_id === m.target_message_id) {
-    s.last_message.reactions = new Map(); // the list shows no reactions; foldInto needs a Map
-    foldInto(s.last_message, m);
+  if (isText(m)) {
+    s.last_message = { ...m, reactions: new Map() };
+    if (m.from_user_id === state.user) {
+      Object.assign(s, { last_read_seq: m.seq, unread: 0 }); // sending moves our marker to it
+    } else if (!m.deleted && m.seq > s.last_read_seq && !viewingNewest(m.session_id)) {
+      s.unread = (s.unread ?? 0) + 1;
+    }
+  } else {
+    if (s.last_message?.message_id === m.target_message_id) {
+      s.last_message.reactions = new Map(); // the list shows no reactions; foldInto needs a Map
+      foldInto(s.last_message, m);
+    }
+    if (m.msg_type === "DELETE" && s.unread > 0) refreshSessionsSoon(); // perhaps an unread one: recount
+    if (m.msg_type === "SETTINGS" && m.data) Object.assign(s, m.data); // the title, at once
   }
   state.sessions.delete(m.session_id);
   state.sessions = new Map([[m.session_id, s], ...state.sessions]);
   renderSessions();
 }
 
+function resetConversation(id) {
+  stopTyping();
+  clearTimeout(state.detailTimer);
+  clearTimeout(state.readTimer);
+  Object.assign(state, { open: id, canSync: false, highest: 0, oldest: null, detail: null, readSent: 0 });
+  state.settingsDirty = false;
+  state.detailRequest++; // an answer still on its way is for the previous session
+  for (const map of [state.messages, state.entries, state.changes, state.pendingEdits, state.replies, state.members]) {
+    map.clear();
+  }
+  $("messages").replaceChildren();
+  $("older").hidden = true;
+  $("details").hidden = true;
+  updateStop();
+  renderTyping();
+}
+
 async function openSession(id) {
   id = id.trim();
   if (!id) return;
-  Object.assign(state, { open: id, canSync: false, highest: 0, oldest: null });
-  for (const map of [state.messages, state.entries, state.changes, state.pendingEdits, state.replies]) map.clear();
-  $("messages").replaceChildren();
-  $("older").hidden = true;
+  resetConversation(id);
   $("hint").textContent = "Loading…";
   for (const control of [$("message"), $("send")]) control.disabled = false;
-  updateStop();
   renderSessions();
   $("message").focus();
+  loadDetail();
   const known = state.sessions.get(id);
   if ((await loadPage(known ? known.last_seq + 1 : NO_SEQ, true)) && state.open === id) {
     state.canSync = true;
     catchUp(); // fills anything newer than the page, and shows replies already running
+    markReadSoon();
+  }
+}
+
+// Leave the conversation view empty, saying why (we left, were removed, or are no longer a member).
+function closeConversation(why) {
+  resetConversation(null);
+  $("title").textContent = "No session open";
+  $("hint").textContent = why;
+  for (const control of [$("message"), $("send")]) control.disabled = true;
+  $("message").placeholder = "Enter sends, Shift+Enter adds a line";
+  renderSessions();
+}
+
+async function newSession() {
+  try {
+    const s = await api("/sessions", { method: "POST", body: JSON.stringify({}) });
+    state.sessions = new Map([[s.session_id, s], ...state.sessions]);
+    openSession(s.session_id);
+  } catch (err) {
+    notice(`New conversation: ${err.message}`);
   }
 }
 
@@ -441,9 +581,16 @@ function addMessage(m, note = null, base = m?.seq) {
   if (m.session_id !== state.open || state.messages.has(m.seq)) return;
   state.messages.set(m.seq, m);
   state.highest = Math.max(state.highest, m.seq);
-  if (isText(m)) addEntry(m, note, base);
-  else if (m.target_message_id) addChange(m);
+  if (isText(m)) {
+    addEntry(m, note, base);
+    const member = state.members.get(m.from_user_id);
+    if (member && m.seq > member.last_read_seq) member.last_read_seq = m.seq; // sending moves a marker too
+    paintSeen();
+  } else if (m.target_message_id) addChange(m);
   // MEMBER and SETTINGS rows are not drawn: history (TEXT rows only) could not show them after a reload.
+  // They change the members panel and the settings: read those again.
+  else if (m.msg_type === "MEMBER" || m.msg_type === "SETTINGS") loadDetailSoon();
+  markReadSoon();
 }
 
 function addChange(row) {
@@ -456,6 +603,7 @@ function addChange(row) {
   }
   const stick = nearBottom();
   if (apply(entry, row)) paint(entry);
+  if (row.msg_type === "DELETE") paintSeen(); // "seen by" goes with our last message that is not deleted
   if (stick) scrollDown();
 }
 
@@ -687,6 +835,7 @@ function send(event) {
   $("messages").append(li);
   scrollDown();
   state.outbox.set(clientMsgId, { frame, li });
+  stopTyping();
   wsSend(frame); // when offline, it goes out after the reconnect
   box.value = "";
   box.focus();
@@ -699,6 +848,315 @@ function stop() {
   updateStop();
 }
 
+// ---- read markers and unread counts (SPEC §12) ----
+
+// We read what the conversation shows: its newest message is in view, and the page is visible.
+function viewingNewest(sessionId) {
+  return sessionId === state.open && state.canSync && pageVisible() && nearBottom();
+}
+
+// One `read` frame for a burst of events (a sync, a reply); only forward of what the server knows.
+function markReadSoon() {
+  clearTimeout(state.readTimer);
+  state.readTimer = setTimeout(markRead, 150);
+}
+
+function markRead() {
+  const id = state.open;
+  if (!id || !viewingNewest(id)) return;
+  const s = state.sessions.get(id);
+  const seq = state.highest;
+  if (seq <= Math.max(s?.last_read_seq ?? 0, state.readSent)) return;
+  if (!wsSend({ type: "read", id: uuid(), session_id: id, seq })) return; // sent after the reconnect
+  state.readSent = seq;
+  if (s) {
+    Object.assign(s, { last_read_seq: seq, unread: 0 });
+    renderSessions();
+  }
+}
+
+// "Seen by": under our last (not deleted) message, the other members whose marker reached it.
+function paintSeen() {
+  let last = null;
+  for (const entry of state.entries.values()) {
+    if (entry.m.from_user_id === state.user && !entry.m.deleted && (!last || entry.m.seq > last.m.seq)) last = entry;
+  }
+  const who = last
+    ? [...state.members.values()]
+        .filter((u) => u.user_id !== state.user && u.user_id !== BOT && u.last_read_seq >= last.m.seq)
+        .map((u) => u.user_id)
+    : [];
+  state.seen ??= el("p", "seen");
+  if (!who.length) return state.seen.remove();
+  state.seen.textContent = `Seen by ${who.join(", ")}`;
+  if (state.seen.parentNode !== last.li) {
+    const stick = nearBottom();
+    last.li.append(state.seen);
+    if (stick) scrollDown();
+  }
+}
+
+// ---- typing (SPEC §12) ----
+
+function setTyping(sessionId, userId, active) {
+  let users = state.typing.get(sessionId);
+  if (!users) {
+    if (!active) return;
+    users = new Map();
+    state.typing.set(sessionId, users);
+  }
+  clearTimeout(users.get(userId));
+  if (active) {
+    users.set(userId, setTimeout(() => setTyping(sessionId, userId, false), TYPING_SHOWN_MS));
+  } else {
+    if (!users.has(userId)) return;
+    users.delete(userId);
+    if (!users.size) state.typing.delete(sessionId);
+  }
+  if (sessionId === state.open) renderTyping();
+}
+
+function renderTyping() {
+  const names = [...(state.typing.get(state.open)?.keys() ?? [])];
+  $("typing").textContent =
+    names.length === 0
+      ? ""
+      : names.length === 1
+        ? `${names[0]} is typing…`
+        : names.length === 2
+          ? `${names[0]} and ${names[1]} are typing…`
+          : `${names.length} people are typing…`;
+}
+
+// While the box has text: "typing" now, then again every few seconds; never sooner than the server
+// forwards one (a "typing" right after a send waits for the end of that gap instead of being dropped).
+function composing() {
+  const out = state.typingOut;
+  if (!$("message").value) return stopTyping();
+  const id = state.open;
+  if (!id || !state.canSync) return; // not a member (yet): the server would refuse it
+  if (out.session !== id) stopTyping();
+  const now = Date.now();
+  const last = out.last.get(id) ?? 0;
+  if (out.shown && out.session === id && now - last < TYPING_REFRESH_MS) return;
+  if (now - last < TYPING_GAP_MS) {
+    out.timer ??= setTimeout(() => {
+      out.timer = null;
+      if (state.open === id) composing();
+    }, last + TYPING_GAP_MS - now);
+    return;
+  }
+  if (wsSend({ type: "typing", session_id: id, active: true })) {
+    Object.assign(out, { session: id, shown: true });
+    out.last.set(id, now);
+  }
+}
+
+function stopTyping() {
+  const out = state.typingOut;
+  clearTimeout(out.timer);
+  out.timer = null;
+  if (out.shown) wsSend({ type: "typing", session_id: out.session, active: false });
+  out.shown = false;
+}
+
+// ---- members and settings of the open session (SPEC §11) ----
+
+function loadDetailSoon() {
+  clearTimeout(state.detailTimer);
+  state.detailTimer = setTimeout(loadDetail, 200);
+}
+
+async function loadDetail() {
+  const id = state.open;
+  if (!id) return;
+  const request = ++state.detailRequest;
+  const tick = state.presenceTick;
+  let detail;
+  try {
+    detail = await api(sessionPath(id));
+  } catch (err) {
+    if (request !== state.detailRequest) return;
+    if (err.status === 403) {
+      state.detail = null;
+      $("details").hidden = true; // not a member (yet)
+    } else notice(`Members: ${err.message}`);
+    return;
+  }
+  if (request !== state.detailRequest || state.open !== id) return;
+  state.detail = detail;
+  const before = state.members;
+  state.members = new Map(
+    detail.members.map((m) => {
+      // Markers only move forward: a read_marker that overtook this answer stays.
+      const seen = Math.max(m.last_read_seq, before.get(m.user_id)?.last_read_seq ?? 0);
+      return [m.user_id, { ...m, last_read_seq: seen }];
+    }),
+  );
+  for (const m of detail.members) {
+    if ((state.presenceAt.get(m.user_id) ?? 0) <= tick) state.online.set(m.user_id, m.online);
+  }
+  state.online.set(state.user, true);
+  const s = state.sessions.get(id);
+  if (s && s.role !== detail.role) {
+    s.role = detail.role;
+    for (const entry of state.entries.values()) paint(entry); // who may delete what
+  }
+  renderDetails();
+  paintSeen();
+}
+
+function renderDetails() {
+  const d = state.detail;
+  $("details").hidden = !d;
+  if (!d) return;
+  renderMembers();
+  fillSettings();
+  const mention = d.ai_enabled && d.ai_trigger === "mention";
+  $("message").placeholder = mention
+    ? `The assistant answers when mentioned (@${BOT}). Enter sends.`
+    : "Enter sends, Shift+Enter adds a line";
+  renderSessions(); // the title
+}
+
+function renderMembers() {
+  const d = state.detail;
+  if (!d) return;
+  const owner = d.role === "owner";
+  const items = [...state.members.values()].map((m) => {
+    const li = el("li", "member");
+    const online = state.online.get(m.user_id) ?? m.online;
+    const dot = el("span", online ? "dot online" : "dot");
+    dot.setAttribute("role", "img");
+    dot.setAttribute("aria-label", online ? "online" : "offline");
+    dot.title = online ? "online" : "offline";
+    li.append(dot, el("span", "name", m.user_id === state.user ? `${m.user_id} (you)` : m.user_id));
+    if (m.role === "owner") li.append(el("span", "role", "owner"));
+    if (owner && m.user_id !== state.user) {
+      const remove = el("button", "action", "Remove");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${m.user_id}`);
+      remove.addEventListener("click", () => removeMember(m.user_id));
+      li.append(remove);
+    }
+    return li;
+  });
+  $("members").replaceChildren(...items);
+}
+
+// The form shows the session's settings, unless the owner is in the middle of changing them.
+function fillSettings(force = false) {
+  const d = state.detail;
+  if (!d) return;
+  const owner = d.role === "owner";
+  const ownerId = d.members?.find((m) => m.role === "owner")?.user_id;
+  $("settings-fields").disabled = !owner;
+  $("save-settings").hidden = !owner;
+  $("settings-note").textContent = owner ? "" : `Only the owner${ownerId ? ` (${ownerId})` : ""} changes these.`;
+  if (state.settingsDirty && !force) return;
+  $("set-title").value = d.title ?? "";
+  $("set-ai").checked = d.ai_enabled;
+  $("set-trigger").value = d.ai_trigger;
+  $("set-prompt").value = d.ai_system_prompt ?? "";
+  $("set-model").value = d.ai_model ?? "";
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const id = state.open;
+  const d = state.detail;
+  if (!id || !d) return;
+  const wanted = {
+    title: $("set-title").value.trim() || null,
+    ai_enabled: $("set-ai").checked,
+    ai_trigger: $("set-trigger").value,
+    ai_system_prompt: $("set-prompt").value.trim() ? $("set-prompt").value : null, // empty: the server's default
+    ai_model: $("set-model").value.trim() || null,
+  };
+  const body = Object.fromEntries(Object.entries(wanted).filter(([key, value]) => value !== (d[key] ?? null)));
+  $("settings-saved").textContent = "";
+  if (!Object.keys(body).length) {
+    state.settingsDirty = false;
+    $("settings-saved").textContent = "Nothing to change.";
+    return;
+  }
+  $("save-settings").disabled = true;
+  try {
+    const saved = await api(sessionPath(id), { method: "PATCH", body: JSON.stringify(body) });
+    const s = state.sessions.get(id);
+    if (s) Object.assign(s, saved, { last_message: s.last_message, last_seq: Math.max(s.last_seq, saved.last_seq) });
+    if (state.open === id && state.detail) {
+      Object.assign(state.detail, saved);
+      state.settingsDirty = false;
+      renderDetails();
+      $("settings-saved").textContent = "Saved.";
+    }
+  } catch (err) {
+    notice(`Settings: ${err.message}`); // the form keeps what was typed
+  } finally {
+    $("save-settings").disabled = false;
+  }
+}
+
+async function addMember(event) {
+  event.preventDefault();
+  const id = state.open;
+  const userId = $("member-id").value.trim();
+  if (!id || !userId) return;
+  if (state.members.has(userId)) return notice(`${userId} is a member already.`);
+  try {
+    await api(sessionPath(id, "/members"), { method: "POST", body: JSON.stringify({ user_id: userId }) });
+    $("member-id").value = "";
+    if (state.open === id) loadDetail();
+  } catch (err) {
+    notice(`Add member: ${err.message}`);
+  }
+}
+
+async function removeMember(userId) {
+  const id = state.open;
+  try {
+    await api(sessionPath(id, `/members/${encodeURIComponent(userId)}`), { method: "DELETE" });
+    if (state.open === id) loadDetail();
+  } catch (err) {
+    notice(`Remove ${userId}: ${err.message}`);
+  }
+}
+
+async function leave() {
+  const id = state.open;
+  const d = state.detail;
+  if (!id || !d) return;
+  const heir = [...state.members.values()].find((m) => m.user_id !== state.user)?.user_id;
+  const handOver = d.role === "owner" && heir ? ` ${heir} becomes its owner.` : "";
+  if (!confirm(`Leave this conversation?${handOver} You can only come back if a member adds you.`)) return;
+  try {
+    await api(sessionPath(id, `/members/${encodeURIComponent(state.user)}`), { method: "DELETE" });
+    leftSession(id, "You left this conversation.");
+  } catch (err) {
+    notice(`Leave: ${err.message}`);
+  }
+}
+
+const isOwnRemoval = (m) =>
+  m?.msg_type === "MEMBER" &&
+  m.data?.user_id === state.user &&
+  (m.data.action === "removed" || m.data.action === "left");
+
+function removalReason(m) {
+  return m.data.action === "left" ? "You left this conversation." : `${m.from_user_id} removed you from this conversation.`;
+}
+
+function leftSession(sessionId, why) {
+  if (state.typingOut.session === sessionId) state.typingOut.shown = false; // no frames to a session we left
+  state.sessions.delete(sessionId);
+  for (const timer of state.typing.get(sessionId)?.values() ?? []) clearTimeout(timer);
+  state.typing.delete(sessionId);
+  if (state.open === sessionId) closeConversation(why);
+  else renderSessions();
+  refreshSessionsSoon();
+}
+
 // ---- start ----
 
 function boot() {
@@ -709,6 +1167,17 @@ function boot() {
     $("session-id").value = "";
   });
   $("composer").addEventListener("submit", send);
+  $("message").addEventListener("input", composing);
+  $("new-session").addEventListener("click", newSession);
+  $("add-member").addEventListener("submit", addMember);
+  $("leave").addEventListener("click", leave);
+  $("settings").addEventListener("submit", saveSettings);
+  $("settings").addEventListener("input", () => {
+    state.settingsDirty = true;
+    $("settings-saved").textContent = "";
+  });
+  document.addEventListener("visibilitychange", markReadSoon);
+  window.addEventListener("focus", markReadSoon);
   $("message").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -717,7 +1186,10 @@ function boot() {
   });
   $("stop").addEventListener("click", stop);
   $("older").addEventListener("click", loadOlder);
-  $("messages").addEventListener("scroll", () => $("messages").scrollTop === 0 && loadOlder());
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop === 0) loadOlder();
+    if (nearBottom()) markReadSoon();
+  });
   $("sign-out").addEventListener("click", () => location.reload());
 
   const fragment = new URLSearchParams(location.hash.slice(1));
