@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imsvc import ai_api, api, sessions_api, ws
-from imsvc.bus import MemoryBus
+from imsvc.bus import MemoryBus, PostgresBus
 from imsvc.chat import Chat
 from imsvc.db import Database
 from imsvc.errors import ImsvcError, Internal, RateLimited, translate
@@ -30,6 +32,8 @@ from imsvc.hub import Hub
 from imsvc.llm import make_model
 from imsvc.logs import configure_logging, get_logger
 from imsvc.metrics import Metrics, RequestTimer
+from imsvc.presence import LocalPresence, SharedPresence
+from imsvc.replicas import Replicas
 from imsvc.replies import ReplyScheduler
 from imsvc.schemas import error_payload
 from imsvc.sequencer import Sequencer
@@ -108,12 +112,25 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Database(settings.database_url)
         hub = Hub(settings.websocket_max_connections)
-        bus = MemoryBus(hub)
+        process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        bus: MemoryBus | PostgresBus = (
+            MemoryBus(hub) if settings.bus == "memory" else PostgresBus(settings.database_url, db, hub)
+        )
         metrics.watch_sockets(lambda: hub.count)
-        sequencer = Sequencer(db, bus, metrics)
-        replies = ReplyScheduler(settings, db, bus, sequencer, make_model(settings), metrics)
+        owner = process_id if isinstance(bus, PostgresBus) else None
+        sequencer = Sequencer(db, bus, metrics, owner)
+        replies = ReplyScheduler(settings, db, bus, sequencer, make_model(settings), metrics, hub, owner)
         chat = Chat(settings, db, bus, hub, sequencer, replies)
-        await replies.interrupt_orphans()
+        replicas = None
+        if isinstance(bus, PostgresBus):
+            await bus.start()
+            replicas = Replicas(settings, db, bus, replies, process_id)
+            await replicas.start()  # its first heartbeat, then: only the dead's replies are ended
+            with contextlib.suppress(Exception):
+                await replicas.end_dead()
+        else:
+            await replies.interrupt_orphans()
+        replies.take_cancels()
         sequencer.start()
         svc = Services(
             settings=settings,
@@ -124,6 +141,7 @@ def create_app(settings: Settings) -> Starlette:
             replies=replies,
             sequencer=sequencer,
             metrics=metrics,
+            presence=SharedPresence(db, process_id) if isinstance(bus, PostgresBus) else LocalPresence(hub),
         )
         app.state.services = svc
         log.info("started", ai_provider=settings.provider, database=db.engine.dialect.name)
@@ -133,6 +151,10 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await svc.drain()
+            if replicas is not None:
+                await replicas.close()
+            if isinstance(bus, PostgresBus):
+                await bus.close()
             await db.dispose()
             log.info("stopped")
 
@@ -174,3 +196,10 @@ class GracefulServer(uvicorn.Server):
         if isinstance(svc, Services):
             await svc.drain()
         await super().shutdown(sockets)
+
+
+def from_environment() -> Starlette:
+    """The app of one of `imsvc serve --workers N`'s processes, its settings read from the environment."""
+    from imsvc.settings import load_settings
+
+    return create_app(load_settings())

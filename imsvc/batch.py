@@ -217,6 +217,7 @@ def actor_of(op: Op) -> str | None:
 class Batch:
     items: list[Item]
     now: datetime
+    owner: str | None = None
     rows: list[Item] = field(default_factory=list)  # items that store a row, in seq order
     records: list[dict[str, Any]] = field(default_factory=list)
     ends: list[tuple[str, str | None, RecordOutcome]] = field(default_factory=list)
@@ -320,7 +321,8 @@ class Batch:
                 item.reply = ReplySettings(
                     session.ai_model or op.assistant.model, session.ai_system_prompt or op.assistant.system_prompt
                 )
-                self.records.append(_new_record(item.record_id, op, item.row["message_id"], item.reply.model, self.now))
+                record = _new_record(item.record_id, op, item.row["message_id"], item.reply.model, self.now)
+                self.records.append({**record, "owner": self.owner})
         elif isinstance(op, RemoveMember):
             self._remove(item, op, roles)
         elif isinstance(op, Configure):

@@ -244,7 +244,9 @@ class Chat:
         self._take(user_id)
         reply = await self._reply_settings(message.session_id)
         async with self._db.transaction() as s:
-            record_id = await store.create_record(s, message.session_id, message.message_id, reply.model)
+            record_id = await store.create_record(
+                s, message.session_id, message.message_id, reply.model, self._sequencer.owner
+            )
         await self._replies.start(record_id, message_out(message), reply)
         return record_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -46,11 +47,24 @@ def serve(args: argparse.Namespace) -> None:
     from imsvc.db import migrate
 
     settings = settings_or_exit(**({"dev_mode": True} if args.dev else {}))
-    if args.workers > 1:
+    if args.workers > 1 and settings.bus != "postgres":
         # Sockets on different workers would miss each other's messages without a shared bus.
-        fail(["BUS: --workers above 1 needs BUS=postgres, which this version does not have"])
+        fail(["BUS: --workers above 1 needs BUS=postgres (LISTEN/NOTIFY between the processes)"])
     if settings.migrate_on_start:
         migrate(settings.database_url)
+    if args.workers > 1:
+        if args.dev:  # the workers read their settings again, from the environment
+            os.environ["DEV_MODE"] = "true"
+            os.environ.setdefault("JWT_SECRET", settings.secret)
+        uvicorn.run(
+            "imsvc.app:from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            **uvicorn_options(),
+        )
+        return
     from imsvc.app import GracefulServer, create_app
 
     app = create_app(settings)

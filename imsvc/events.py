@@ -73,6 +73,16 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """Asks the process that runs a reply to stop it (a cancel that reached another process)."""
+
+    record_id: str
+
+
+Message = Event | Presence | Cancel
+
+
+@dataclass(frozen=True, slots=True)
 class Reference:
     """An event too big to travel whole: the receiver loads `message_id` (a stored row) or `record_id`
     (a concluded reply) and rebuilds it."""
@@ -94,7 +104,7 @@ def encode(event: Event) -> list[str]:
     if event.skip_user is not None:
         head["x"] = event.skip_user
     whole = json.dumps({**head, "f": event.frame.model_dump(mode="json") if event.frame else None})
-    if len(whole.encode()) <= MAX_ENCODED:
+    if len(whole.encode()) < MAX_ENCODED:  # NOTIFY takes payloads shorter than 8000 bytes
         return [whole]
     frame = event.frame
     if isinstance(frame, AiReplyDeltaFrame):
@@ -115,3 +125,21 @@ def decode(text: str) -> Event | Reference:
         return Reference(data["s"], data["q"], data["o"], data["r"], data.get("m"), data.get("c"))
     frame = _frames.validate_python(data["f"]) if data["f"] is not None else None
     return Event(data["s"], frame, data["q"], data["o"], data["r"], tuple(data.get("j", ())), tuple(data.get("l", ())))
+
+
+def encode_message(message: Message) -> list[str]:
+    """Any bus message as NOTIFY payloads."""
+    if isinstance(message, Presence):
+        return [json.dumps({"p": message.user_id, "on": message.online, "ss": list(message.sessions)})]
+    if isinstance(message, Cancel):
+        return [json.dumps({"cancel": message.record_id})]
+    return encode(message)
+
+
+def decode_message(text: str) -> Event | Reference | Presence | Cancel:
+    data = json.loads(text)
+    if "p" in data:
+        return Presence(data["p"], data["on"], tuple(data["ss"]))
+    if "cancel" in data:
+        return Cancel(data["cancel"])
+    return decode(text)

@@ -10,20 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from imsvc.events import Event, Presence
+from imsvc.events import Event, EventFrame, Presence
 from imsvc.logs import get_logger
-from imsvc.outbox import Outbox
-from imsvc.schemas import PresenceFrame, ServerFrame
+from imsvc.outbox import Outbox, reply_frames
+from imsvc.schemas import (
+    AiReplyDeltaFrame,
+    AiReplyErrorFrame,
+    AiReplyFrame,
+    AiReplySnapshotFrame,
+    AiReplyStartFrame,
+    PresenceFrame,
+    ServerFrame,
+)
 
 log = get_logger(__name__)
 
 CLOSE_SLOW_CONSUMER = 1008
 CLOSE_SHUTDOWN = 1012
-CLOSE_TIMEOUT_S = 1.0  # how long a close may wait on a peer that reads nothing
+CLOSE_TIMEOUT_S = 1.0
+LISTENER_QUEUE = 1000  # how long a close may wait on a peer that reads nothing
 
 
 class Connection:
@@ -102,6 +111,8 @@ class Hub:
         self._sessions_of: dict[str, set[str]] = {}  # connected user → sessions they are in
         self._members_here: dict[str, set[str]] = {}  # session → its connected members
         self._loading: dict[str, int] = {}  # user → session lists being read for them
+        self._streams: dict[str, AiReplySnapshotFrame] = {}  # replies streaming, as their deltas told
+        self._followers: dict[str, set[Outbox]] = {}  # SSE streams of replies running elsewhere
         self._left_while_loading: dict[str, set[str]] = {}
 
     @property
@@ -189,8 +200,52 @@ class Hub:
             if not members:
                 del self._members_here[session_id]
 
+    def streams(self, session_id: str) -> list[AiReplySnapshotFrame]:
+        """The text so far of the replies streaming in a session, wherever they run (for `sync`)."""
+        return [s.model_copy() for s in self._streams.values() if s.session_id == session_id]
+
+    @contextlib.asynccontextmanager
+    async def follow(self, record_id: str) -> AsyncIterator[AsyncIterator[ServerFrame] | None]:
+        """A reply running on another process, as its frames come by: the text so far, then the rest (or
+        None when no frame of it has come by)."""
+        stream = self._streams.get(record_id)
+        if stream is None:
+            yield None
+            return
+        outbox = Outbox(LISTENER_QUEUE)
+        outbox.put(stream.model_copy())
+        self._followers.setdefault(record_id, set()).add(outbox)
+        try:
+            yield reply_frames(outbox)
+        finally:
+            followers = self._followers.get(record_id, set())
+            followers.discard(outbox)
+            if not followers:
+                self._followers.pop(record_id, None)
+
+    def _follow(self, frame: EventFrame) -> None:
+        if isinstance(frame, AiReplyStartFrame):
+            self._streams[frame.record_id] = AiReplySnapshotFrame(
+                record_id=frame.record_id,
+                session_id=frame.session_id,
+                user_message_id=frame.user_message_id,
+                content="",
+            )
+        elif isinstance(frame, AiReplyDeltaFrame):
+            stream = self._streams.get(frame.record_id)
+            if stream is not None and frame.offset == len(stream.content):
+                stream.content += frame.delta
+        elif isinstance(frame, AiReplyFrame | AiReplyErrorFrame):
+            self._streams.pop(frame.record_id, None)
+        else:
+            return
+        for outbox in self._followers.get(frame.record_id, ()):
+            outbox.put(frame)
+
     def deliver(self, event: Event) -> None:
         """The event to every socket of the session's connected members, rendered once."""
+        if event.frame is not None:
+            self._follow(event.frame)
         for user_id in event.joined:
             self._join(user_id, event.session_id)
         if event.frame is not None:

@@ -146,5 +146,25 @@ class AIChatRecord(Base):
     first_token_ms: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the process that runs it (BUS=postgres)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Replica(Base):
+    """A process sharing the database (BUS=postgres), and when it last said it was alive."""
+
+    __tablename__ = "replicas"
+
+    process_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Online(Base):
+    """A process holding at least one socket of a user (BUS=postgres; SPEC §12 presence)."""
+
+    __tablename__ = "presence"
+    __table_args__ = (Index("ix_presence_user_id", "user_id"),)
+
+    process_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(48), primary_key=True)

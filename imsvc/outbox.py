@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 
-from imsvc.schemas import AiReplyDeltaFrame, PresenceFrame, ServerFrame, TypingNotice
+from imsvc.schemas import (
+    AiReplyDeltaFrame,
+    AiReplyErrorFrame,
+    AiReplyFrame,
+    PresenceFrame,
+    ServerFrame,
+    TypingNotice,
+)
 
 
 def coalescing_key(frame: ServerFrame) -> Hashable | None:
@@ -115,3 +122,14 @@ class Outbox:
         self._items.clear()
         self._open_merges.clear()
         self._counted = 0
+
+
+async def reply_frames(outbox: Outbox) -> AsyncIterator[ServerFrame]:
+    """What an outbox of a reply's frames holds and receives, up to and including the final frame."""
+    while True:
+        await outbox.wait()
+        while (item := outbox.pop()) is not None:
+            assert item.frame is not None
+            yield item.frame
+            if isinstance(item.frame, AiReplyFrame | AiReplyErrorFrame):
+                return

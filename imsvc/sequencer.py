@@ -44,6 +44,7 @@ from imsvc.batch import (
 from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import NotReady
+from imsvc.events import Event
 from imsvc.logs import get_logger
 from imsvc.metrics import Metrics
 from imsvc.models import utcnow
@@ -56,14 +57,19 @@ VERIFY_ATTEMPTS = 8  # after a lost commit answer: 0.05 s doubling, about 6 s in
 
 
 class Sequencer:
-    def __init__(self, db: Database, bus: Bus, metrics: Metrics) -> None:
+    def __init__(self, db: Database, bus: Bus, metrics: Metrics, owner: str | None = None) -> None:
         self._db = db
+        self._owner = owner  # this process, as the owner of the replies it starts (BUS=postgres)
         self._bus = bus
         self._metrics = metrics
         self._waiting: deque[Item] = deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+
+    @property
+    def owner(self) -> str | None:
+        return self._owner
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._run(), name="sequencer")
@@ -140,11 +146,14 @@ class Sequencer:
                     _settle(item, error=exc)
 
     async def _write(self, items: list[Item], again: bool = True) -> None:
-        batch = Batch(items, utcnow())
+        batch = Batch(items, utcnow(), self._owner)
         committing = False
+        outcomes: list[tuple[Any, Exception | None, Event | None]] = []
         try:
             async with self._db.writer() as c:
                 await batch.store(c)
+                outcomes = [self._outcome(batch, item) for item in items]
+                await self._bus.notify_in(c, [event for _, _, event in outcomes if event is not None])
                 committing = True
                 await c.commit()
         except IntegrityError as exc:
@@ -163,18 +172,20 @@ class Sequencer:
                     _settle(item, error=exc)
                 return
             log.warning("a commit's answer was lost, but it was stored")
-        for item in items:  # synchronous: events leave in seq order
-            try:
-                result, error, event = batch.outcome(item)
-            except Exception as exc:  # stored, but not told: this item alone fails (its client may sync)
-                log.exception("an event was stored but could not be told")
-                _settle(item, error=exc)
-                continue
+        for item, (result, error, event) in zip(items, outcomes, strict=True):  # synchronous: in seq order
             if event is not None:
                 if event.seq is not None:
                     self._metrics.messages_stored.inc()
-                self._bus.publish(event)
+                self._bus.committed(event)
             _settle(item, result, error)
+
+    @staticmethod
+    def _outcome(batch: Batch, item: Item) -> tuple[Any, Exception | None, Event | None]:
+        try:
+            return batch.outcome(item)
+        except Exception as exc:  # this item alone fails (stored, but its answer cannot be built)
+            log.exception("an event's answer could not be built")
+            return None, exc, None
 
     async def _committed(self, batch: Batch) -> bool:
         """Whether a commit whose answer was lost happened, read back once the database answers again."""

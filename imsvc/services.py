@@ -11,6 +11,7 @@ from imsvc.chat import Chat
 from imsvc.db import Database
 from imsvc.hub import CLOSE_SHUTDOWN, Hub
 from imsvc.metrics import Metrics
+from imsvc.presence import Presence
 from imsvc.replies import ReplyScheduler
 from imsvc.sequencer import Sequencer
 from imsvc.settings import Settings
@@ -26,6 +27,7 @@ class Services:
     replies: ReplyScheduler
     sequencer: Sequencer
     metrics: Metrics
+    presence: Presence
     draining: bool = field(default=False)
 
     async def drain(self) -> None:

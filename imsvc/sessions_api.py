@@ -50,6 +50,7 @@ async def detail(svc: Services, session_id: str, user_id: str) -> SessionDetailO
     async with svc.db.reader() as s:
         listed = await store.session_of(s, session_id, user_id)
         members = await store.members_of(s, session_id)
+    online = await svc.presence.online(m.user_id for m in members)
     return SessionDetailOut(
         **session_out(listed).model_dump(),
         members=[
@@ -58,7 +59,7 @@ async def detail(svc: Services, session_id: str, user_id: str) -> SessionDetailO
                 role=m.role,
                 joined_at=m.joined_at,
                 last_read_seq=m.last_read_seq,
-                online=svc.hub.online(m.user_id),
+                online=m.user_id in online,
             )
             for m in members
         ],

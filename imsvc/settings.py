@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(default=20, ge=0)
     rate_limit_window_s: float = Field(default=10, gt=0)
     bus: Literal["memory", "postgres"] = "memory"
+    replica_heartbeat_s: float = Field(default=5, gt=0)
+    replica_timeout_s: float = Field(default=20, gt=0)
     shutdown_grace_s: float = Field(default=10, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -117,10 +119,8 @@ class Settings(BaseSettings):
         # Ollama and self-hosted endpoints (AI_BASE_URL) take no key; the hosted providers do.
         if self.ai_provider in ("openai", "deepseek", "anthropic") and not self.ai_api_key and not self.ai_base_url:
             raise ValueError(f"AI_API_KEY: required for AI_PROVIDER={self.ai_provider}")
-        if self.bus == "postgres":
-            raise ValueError(
-                "BUS: postgres (LISTEN/NOTIFY between processes) is not available in this version; use memory"
-            )
+        if self.bus == "postgres" and not self.database_url.startswith("postgresql"):
+            raise ValueError("BUS: postgres needs a PostgreSQL DATABASE_URL")
         if self.jwt_secret is None:
             if not self.dev_mode:
                 raise ValueError("JWT_SECRET: required unless DEV_MODE=true (or --dev)")

@@ -253,7 +253,9 @@ async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limi
 # AI chat records
 
 
-async def create_record(s: AsyncSession, session_id: str, user_message_id: str, model: str) -> str:
+async def create_record(
+    s: AsyncSession, session_id: str, user_message_id: str, model: str, owner: str | None = None
+) -> str:
     """A new record at status 0 (for a regenerate; a send's record is stored with its message); its id."""
     now, record_id = utcnow(), new_id("record")
     s.add(
@@ -264,6 +266,7 @@ async def create_record(s: AsyncSession, session_id: str, user_message_id: str, 
             request_content="",
             status=int(RecordStatus.PROCESSING),
             model=model,
+            owner=owner,
             created_at=now,
             updated_at=now,
         )

@@ -119,7 +119,7 @@ async def endpoint(websocket: WebSocket) -> None:
     # Subscribed before the handshake completes: once the client is connected, it misses nothing.
     loader = None if await subscribe(svc, conn) else asyncio.create_task(resubscribe(svc, conn))
     if first:
-        svc.bus.publish(Presence(user_id, True, svc.hub.sessions(user_id)))
+        await announce(svc, user_id, True, svc.hub.sessions(user_id))
     await websocket.accept()
     structlog.contextvars.bind_contextvars(user_id=user_id)
     sender = asyncio.create_task(conn.run_sender())
@@ -128,7 +128,7 @@ async def endpoint(websocket: WebSocket) -> None:
     finally:
         sessions = svc.hub.unregister(conn)
         if sessions is not None:  # its user's last socket here
-            svc.bus.publish(Presence(user_id, False, sessions))
+            await announce(svc, user_id, False, sessions)
         if loader is not None:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,6 +136,18 @@ async def endpoint(websocket: WebSocket) -> None:
         conn.close(1000)  # flush what is buffered, then close (a no-op if it is closing already)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sender, timeout=1)  # cancels it past the timeout
+
+
+async def announce(svc: Services, user_id: str, online: bool, sessions: tuple[str, ...]) -> None:
+    """A user's first socket here opened, or their last one closed: tell those who share a session with
+    them, when it changes their presence everywhere."""
+    try:
+        changed = await (svc.presence.opened(user_id) if online else svc.presence.closed(user_id))
+    except Exception as exc:  # presence is not worth refusing a socket for
+        log.warning("presence unknown", error=type(exc).__name__)
+        return
+    if changed:
+        svc.bus.publish(Presence(user_id, online, sessions))
 
 
 async def subscribe(svc: Services, conn: Connection) -> bool:

@@ -215,7 +215,7 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerProcess]:
+async def serve_process(database_url: str, *args: str, **env: str) -> AsyncIterator[ServerProcess]:
     """`imsvc serve` as its own process (as a service manager runs it), healthy when yielded, stopped after."""
     port = free_port()
     environment = {
@@ -233,6 +233,7 @@ async def serve_process(database_url: str, **env: str) -> AsyncIterator[ServerPr
         "serve",
         "--port",
         str(port),
+        *args,
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

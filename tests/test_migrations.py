@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from imsvc.db import downgrade, migrate
 
-TABLES = {"sessions", "session_members", "messages", "ai_chat_records"}
+TABLES = {"sessions", "session_members", "messages", "ai_chat_records", "replicas", "presence"}
 
 
 async def tables(url: str) -> set[str]:

@@ -29,7 +29,7 @@ from imsvc.llm import ChatModel, Completion, Request
 from imsvc.logs import bound, get_logger
 from imsvc.metrics import Metrics
 from imsvc.models import RecordStatus
-from imsvc.outbox import Outbox
+from imsvc.outbox import Outbox, reply_frames
 from imsvc.replies.records import Outcome, Timings, record_outcome
 from imsvc.schemas import (
     AiReplyDeltaFrame,
@@ -124,18 +124,9 @@ class ReplyRun:
             outbox.put(self._final)
         self._listeners.add(outbox)
         try:
-            yield self._frames(outbox)
+            yield reply_frames(outbox)
         finally:
             self._listeners.discard(outbox)
-
-    async def _frames(self, outbox: Outbox) -> AsyncIterator[ServerFrame]:
-        while True:
-            await outbox.wait()
-            while (item := outbox.pop()) is not None:
-                assert item.frame is not None
-                yield item.frame
-                if isinstance(item.frame, AiReplyFrame | AiReplyErrorFrame):
-                    return
 
     async def finished(self) -> None:
         await self._finished.wait()
@@ -274,6 +265,7 @@ class ReplyRun:
         )
 
     async def _store(self, op: ReplyEnd) -> AiReplyFrame | AiReplyErrorFrame:
+        await self._tools.bus.flushed()  # its deltas are on their way before its final frame
         delay = RETRY_FIRST_S
         while True:
             try:

@@ -19,9 +19,12 @@ from imsvc.batch import ReplySettings
 from imsvc.bus import Bus
 from imsvc.db import Database
 from imsvc.errors import Busy, Conflict, Interrupted, NotFound
+from imsvc.events import Cancel
+from imsvc.hub import Hub
 from imsvc.llm import ChatModel
 from imsvc.logs import get_logger
 from imsvc.metrics import Metrics
+from imsvc.models import RecordStatus
 from imsvc.replies.run import Phase, ReplyRun, Stop, Tools, refusal, stopped
 from imsvc.schemas import AiReplySnapshotFrame, MessageOut, ServerFrame
 from imsvc.sequencer import Sequencer
@@ -32,9 +35,21 @@ log = get_logger(__name__)
 
 class ReplyScheduler:
     def __init__(
-        self, settings: Settings, db: Database, bus: Bus, sequencer: Sequencer, model: ChatModel, metrics: Metrics
+        self,
+        settings: Settings,
+        db: Database,
+        bus: Bus,
+        sequencer: Sequencer,
+        model: ChatModel,
+        metrics: Metrics,
+        hub: Hub,
+        owner: str | None = None,
     ) -> None:
         self._tools = Tools(settings, db, bus, sequencer, model, metrics)
+        self._bus = bus
+        self._hub = hub
+        self._owner = owner  # this process, when replicas share the database
+        self._remote_cancels: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.ai_max_concurrency)
         self._capacity = settings.ai_max_concurrency + settings.ai_max_queue
         self._queues: dict[str, deque[ReplyRun]] = {}
@@ -86,19 +101,23 @@ class ReplyScheduler:
     # Asked by the edges
 
     def snapshots(self, session_id: str) -> list[AiReplySnapshotFrame]:
-        """The text so far of each reply generating in the session, for a `sync`."""
-        return [
+        """The text so far of each reply generating in the session, for a `sync`: this process's own, and
+        those that other processes run (as their deltas told this one)."""
+        local = [
             run.snapshot()
             for run in self._runs.values()
             if run.session_id == session_id and run.phase is Phase.GENERATING
         ]
+        known = {snapshot.record_id for snapshot in local}
+        return local + [s for s in self._hub.streams(session_id) if s.record_id not in known]
 
     @contextlib.asynccontextmanager
     async def listen(self, record_id: str) -> AsyncIterator[AsyncIterator[ServerFrame] | None]:
         """A running reply's frames from now on (snapshot, deltas, final), or None when it is not running."""
         run = self._runs.get(record_id)
-        if run is None:
-            yield None
+        if run is None:  # it may run on another process
+            async with self._hub.follow(record_id) as followed:
+                yield followed
             return
         async with run.listen() as frames:
             yield frames
@@ -110,8 +129,27 @@ class ReplyScheduler:
             if record is None or await store.member_role(s, record.session_id, user_id) is None:
                 raise NotFound("no such AI record")
         run = self._runs.get(record_id)
+        if run is None and record.status == RecordStatus.PROCESSING and record.owner not in (None, self._owner):
+            self._bus.publish(Cancel(record_id))  # it runs on another process: ask that one
+            return
         if run is None or not await self._stop(run, Stop.CANCELLED):
             raise Conflict("this reply has already ended")
+
+    def take_cancels(self) -> None:
+        """Take the cancels other processes send for the replies that run here."""
+        self._remote_cancels = asyncio.create_task(self._take_cancels(), name="replies:cancels")
+
+    async def _take_cancels(self) -> None:
+        while True:
+            cancel = await self._bus.cancels.get()
+            run = self._runs.get(cancel.record_id)
+            if run is not None:
+                await self._stop(run, Stop.CANCELLED)
+
+    async def interrupt_all(self) -> None:
+        """End every reply of this process as `interrupted` (it may be counted as dead by the others)."""
+        for run in list(self._runs.values()):
+            await self._stop(run, Stop.INTERRUPTED)
 
     async def _stop(self, run: ReplyRun, reason: Stop) -> bool:
         queue = self._queues.get(run.session_id)
@@ -130,6 +168,10 @@ class ReplyScheduler:
     async def shutdown(self, grace_s: float) -> None:
         """Let running replies finish for `grace_s`, end the rest as `interrupted` (text stored), then stop."""
         self._closing = True
+        if self._remote_cancels is not None:
+            self._remote_cancels.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._remote_cancels
         if self._workers:
             await asyncio.wait(list(self._workers.values()), timeout=grace_s)
         for run in list(self._runs.values()):
