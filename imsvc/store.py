@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ScalarSelect, Select, Table, and_, func, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, Table, and_, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -184,53 +184,65 @@ async def get_message(s: AsyncSession, message_id: str) -> Message | None:
 
 async def readable_last_seq(s: AsyncSession, session_id: str, user_id: str) -> int:
     """The session's last_seq, for a member; Forbidden otherwise, whether or not the session exists."""
-    last: int | None = await s.scalar(
-        select(ChatSession.last_seq)
-        .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
-        .where(ChatSession.session_id == session_id, SessionMember.user_id == user_id)
-    )
+    last: int | None = (await (await s.connection()).execute(_LAST_SEQ, {"sid": session_id, "uid": user_id})).scalar()
     if last is None:
         raise Forbidden("not a member of this session")
     return last
 
 
-# History pages read table rows (Core), not ORM objects: no identity map to fill for rows that are
-# only serialised.
+# History pages are read with statements built once, as table rows through the session's Core
+# connection: building the clauses, and the ORM's execution and identity map, cost more per page
+# than the query itself.
 _MESSAGES = cast(Table, Message.__table__)
+_SESSIONS = cast(Table, ChatSession.__table__)
+_MEMBERS = cast(Table, SessionMember.__table__)
+_LAST_SEQ = (
+    select(_SESSIONS.c.last_seq)
+    .join(_MEMBERS, _MEMBERS.c.session_id == _SESSIONS.c.session_id)
+    .where(_SESSIONS.c.session_id == bindparam("sid"), _MEMBERS.c.user_id == bindparam("uid"))
+)
 
 
-def _rows_of(session_id: str, text_only: bool) -> Select[Any]:
-    query = select(_MESSAGES).where(_MESSAGES.c.session_id == session_id)
-    return query.where(_MESSAGES.c.msg_type == Kind.TEXT) if text_only else query
+def _pages(where: ColumnElement[bool], newest_first: bool) -> dict[bool, Select[Any]]:
+    """The page query, for every row or TEXT rows only."""
+    order = _MESSAGES.c.seq.desc() if newest_first else _MESSAGES.c.seq
+    every = select(_MESSAGES).where(_MESSAGES.c.session_id == bindparam("sid"), where)
+    every = every.order_by(order).limit(bindparam("lim")).offset(bindparam("off"))
+    return {False: every, True: every.where(_MESSAGES.c.msg_type == Kind.TEXT)}
 
 
-async def _page(s: AsyncSession, query: Select[Any], limit: int) -> tuple[list[MessageOut], bool]:
+_NEWEST = _pages(true(), newest_first=True)
+_BEFORE = _pages(_MESSAGES.c.seq < bindparam("seq"), newest_first=True)
+_AFTER = _pages(_MESSAGES.c.seq > bindparam("seq"), newest_first=False)
+
+
+async def _page(
+    s: AsyncSession, query: Select[Any], session_id: str, limit: int, seq: int = 0, offset: int = 0
+) -> tuple[list[MessageOut], bool]:
     """Up to `limit` rows, and whether more remain beyond them."""
-    found = [message_out(row) for row in await s.execute(query.limit(limit + 1))]
+    params = {"sid": session_id, "seq": seq, "lim": limit + 1, "off": offset}
+    found = [message_out(row) for row in await (await s.connection()).execute(query, params)]
     return found[:limit], len(found) > limit
 
 
 async def page_newest_first(
     s: AsyncSession, session_id: str, page: int, page_size: int, text_only: bool = False
 ) -> tuple[list[MessageOut], bool]:
-    query = _rows_of(session_id, text_only).order_by(_MESSAGES.c.seq.desc()).offset((page - 1) * page_size)
-    return await _page(s, query, page_size)
+    return await _page(s, _NEWEST[text_only], session_id, page_size, offset=(page - 1) * page_size)
 
 
 async def before_seq(
     s: AsyncSession, session_id: str, seq: int, limit: int, text_only: bool = False
 ) -> tuple[list[MessageOut], bool]:
     """Up to `limit` rows with seq < `seq`, newest first, and whether older ones remain."""
-    query = _rows_of(session_id, text_only).where(_MESSAGES.c.seq < seq).order_by(_MESSAGES.c.seq.desc())
-    return await _page(s, query, limit)
+    return await _page(s, _BEFORE[text_only], session_id, limit, seq)
 
 
 async def after_seq(
     s: AsyncSession, session_id: str, seq: int, limit: int, text_only: bool = False
 ) -> tuple[list[MessageOut], bool]:
     """Up to `limit` rows with seq > `seq`, oldest first, and whether newer ones remain."""
-    query = _rows_of(session_id, text_only).where(_MESSAGES.c.seq > seq).order_by(_MESSAGES.c.seq)
-    return await _page(s, query, limit)
+    return await _page(s, _AFTER[text_only], session_id, limit, seq)
 
 
 async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limit: int) -> list[Message]:
