@@ -38,7 +38,11 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # No pre-ping: it is a round trip per checkout. A connection the database dropped fails its first
     # statement (503 not_ready), and that disconnect invalidates every older connection of the pool.
-    return create_async_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
+    # No JIT: its compile time (hundreds of ms) dwarfs the short indexed queries of a chat service,
+    # and the planner's cost estimates for per-session subqueries would trigger it.
+    return create_async_engine(
+        url, pool_size=10, max_overflow=20, hide_parameters=True, connect_args={"server_settings": {"jit": "off"}}
+    )
 
 
 class Database:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, Table, and_, bindparam, func, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -111,22 +123,30 @@ class Listed:
     unread: int
 
 
-def _listing(user_id: str) -> Select[ChatSession, str, int, Message]:
+def _listing(user_id: str) -> Select[ChatSession, str, int, int | None]:
+    # The last TEXT message's seq as a column (one index lookup per session), and the messages in a
+    # second query: as a join condition PostgreSQL evaluated the subquery once per message row.
     return (
-        select(ChatSession, SessionMember.role, SessionMember.last_read_seq, Message)
+        select(ChatSession, SessionMember.role, SessionMember.last_read_seq, _last_text_seq())
         .join(SessionMember, SessionMember.session_id == ChatSession.session_id)
-        .outerjoin(Message, and_(Message.session_id == ChatSession.session_id, Message.seq == _last_text_seq()))
         .where(SessionMember.user_id == user_id)
     )
 
 
+async def _listed(s: AsyncSession, user_id: str, rows: Sequence[Any], session_id: str | None = None) -> list[Listed]:
+    pairs = [(r[0].session_id, r[3]) for r in rows if r[3] is not None]
+    last: dict[str, Message] = {}
+    if pairs:
+        found = await s.scalars(select(Message).where(tuple_(Message.session_id, Message.seq).in_(pairs)))
+        last = {m.session_id: m for m in found}
+    unread = await unread_counts(s, user_id, session_id)
+    return [Listed(r[0], r[1], r[2], last.get(r[0].session_id), unread.get(r[0].session_id, 0)) for r in rows]
+
+
 async def sessions_of(s: AsyncSession, user_id: str, limit: int = 200) -> list[Listed]:
     """The user's sessions, most recently active first."""
-    rows = (
-        await s.execute(_listing(user_id).order_by(ChatSession.updated_at.desc(), ChatSession.session_id).limit(limit))
-    ).all()
-    unread = await unread_counts(s, user_id)
-    return [Listed(r[0], r[1], r[2], r[3], unread.get(r[0].session_id, 0)) for r in rows]
+    query = _listing(user_id).order_by(ChatSession.updated_at.desc(), ChatSession.session_id).limit(limit)
+    return await _listed(s, user_id, (await s.execute(query)).all())
 
 
 async def session_of(s: AsyncSession, session_id: str, user_id: str) -> Listed:
@@ -134,24 +154,31 @@ async def session_of(s: AsyncSession, session_id: str, user_id: str) -> Listed:
     row = (await s.execute(_listing(user_id).where(ChatSession.session_id == session_id))).first()
     if row is None:
         raise Forbidden("not a member of this session")
-    unread = await unread_counts(s, user_id, session_id)
-    return Listed(row[0], row[1], row[2], row[3], unread.get(session_id, 0))
+    (listed,) = await _listed(s, user_id, [row], session_id)
+    return listed
 
 
 async def unread_counts(s: AsyncSession, user_id: str, session_id: str | None = None) -> dict[str, int]:
     """Per session of the user (or just `session_id`): others' TEXT messages after their read marker, deleted
-    ones left out (SPEC §12). One grouped query that walks the (session, type, seq) index from each marker:
-    its cost is the unread rows, not the sessions' sizes."""
-    m, me = aliased(Message), aliased(SessionMember)
-    query = (
-        select(m.session_id, func.count())
-        .join(me, and_(me.session_id == m.session_id, me.user_id == user_id))
-        .where(m.msg_type == Kind.TEXT, m.seq > me.last_read_seq, m.from_user_id != user_id, m.deleted_at.is_(None))
-        .group_by(m.session_id)
+    ones left out (SPEC §12). A count per membership, each an index range scan of the (session, seq) index
+    from the marker: its cost is the unread rows, not the sessions' sizes (a grouped join scanned them all)."""
+    m = aliased(Message)
+    unread = (
+        select(func.count())
+        .where(
+            m.session_id == SessionMember.session_id,
+            m.seq > SessionMember.last_read_seq,
+            m.msg_type == Kind.TEXT,
+            m.from_user_id != user_id,
+            m.deleted_at.is_(None),
+        )
+        .correlate(SessionMember)
+        .scalar_subquery()
     )
+    query = select(SessionMember.session_id, unread).where(SessionMember.user_id == user_id)
     if session_id is not None:
-        query = query.where(m.session_id == session_id)
-    return {sid: count for sid, count in (await s.execute(query)).all()}
+        query = query.where(SessionMember.session_id == session_id)
+    return {sid: count for sid, count in (await s.execute(query)).all() if count}
 
 
 async def members_of(s: AsyncSession, session_id: str) -> list[SessionMember]:
