@@ -206,3 +206,31 @@ async def test_serve_with_workers_delivers_across_them(pg_url: str) -> None:
         for ws in sockets:
             seqs = [(await ws.recv_type("new_message"))["message"]["seq"] for _ in sent]
             assert seqs == [m["seq"] for m in sent]
+
+
+async def test_three_processes_deliver_in_order_and_a_dead_ones_users_go_offline(pg_url: str) -> None:
+    alice, bob, carol = uid(), uid(), uid()
+    room = uid("s")
+    async with AsyncExitStack() as servers:
+        a, b = [await servers.enter_async_context(serve_process(pg_url, **BUS)) for _ in range(2)]
+        async with serve_process(pg_url, **BUS) as c, AsyncExitStack() as stack:
+            await post(a, alice, "/sessions", {"session_id": room, "members": [bob, carol], "ai_enabled": False})
+            conn = await stack.enter_async_context(connect(f"{b.ws_url}/ws?token={token(bob)}"))
+            watcher = WsClient(conn, presence=True)
+            await socket_to(c, carol, stack)  # carol is online on c alone
+            assert await watcher.recv() == {"type": "presence", "user_id": carol, "online": True}
+
+            async def sender(server: ServerProcess, user: str) -> None:
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                    for n in range(10):
+                        body = {"session_id": room, "content": f"{user} {n}"}
+                        r = await client.post("/message/send", json=body, headers=auth(user))
+                        assert r.status_code == 201, r.text
+
+            await asyncio.gather(sender(a, alice), sender(c, carol))  # a and c store into one session at once
+            seqs = [(await watcher.recv_type("new_message"))["message"]["seq"] for _ in range(20)]
+            assert seqs == list(range(1, 21))
+            c.proc.send_signal(signal.SIGKILL)  # carol's only process dies with her socket
+            await c.proc.wait()
+            gone = await watcher.recv_type("presence", timeout=15)
+            assert gone == {"type": "presence", "user_id": carol, "online": False}
