@@ -13,8 +13,8 @@ from starlette.routing import Route
 from imsvc import store
 from imsvc.api import path_id, read_json, render, user_of, validate
 from imsvc.errors import NotFound
+from imsvc.events import stored_final_frame
 from imsvc.models import AIChatRecord
-from imsvc.replies.records import stored_final_frame
 from imsvc.schemas import (
     AiReplyDeltaFrame,
     AiReplyErrorFrame,

@@ -21,11 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imsvc import store
 from imsvc.db import Database
-from imsvc.events import Cancel, Event, Message, Presence, Reference, decode_message, encode_message
+from imsvc.events import (
+    Cancel,
+    Event,
+    Message,
+    Presence,
+    Reference,
+    decode_message,
+    encode_message,
+    stored_final_frame,
+)
 from imsvc.hub import Hub
 from imsvc.logs import get_logger
-from imsvc.models import RecordStatus
-from imsvc.schemas import ErrorDetail, NewMessageFrame, final_reply_frame, message_out
+from imsvc.schemas import NewMessageFrame, message_out
 
 log = get_logger(__name__)
 
@@ -210,17 +218,5 @@ class PostgresBus:
             if record is None:
                 return None
             message = await store.get_message(s, record.ai_message_id) if record.ai_message_id else None
-        error = None
-        if record.status == RecordStatus.FAILED:
-            code, _, detail = (record.error_message or "internal: failed").partition(": ")
-            error = ErrorDetail(code=code, message=detail or code)
-        final = final_reply_frame(
-            record.record_id,
-            record.session_id,
-            record.user_message_id,
-            record.response_content or "",
-            message_out(message) if message else None,
-            record.finish_reason or "stop",
-            error,
-        )
+        final = stored_final_frame(record, message_out(message) if message else None)
         return Event(ref.session_id, final, ref.seq, ref.origin, ref.ref)

@@ -16,16 +16,20 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from imsvc.models import AIChatRecord, RecordStatus
 from imsvc.schemas import (
     AiReplyDeltaFrame,
     AiReplyErrorFrame,
     AiReplyFrame,
     AiReplyStartFrame,
+    ErrorDetail,
     FrameId,
+    MessageOut,
     NewMessageFrame,
     ReadMarkerFrame,
     ServerFrame,
     TypingNotice,
+    final_reply_frame,
     sent_frame,
 )
 
@@ -143,3 +147,20 @@ def decode_message(text: str) -> Event | Reference | Presence | Cancel:
     if "cancel" in data:
         return Cancel(data["cancel"])
     return decode(text)
+
+
+def stored_final_frame(record: AIChatRecord, message: MessageOut | None) -> AiReplyFrame | AiReplyErrorFrame:
+    """The final frame of a finished record, as its members were sent it."""
+    error = None
+    if record.status == RecordStatus.FAILED:
+        code, _, detail = (record.error_message or "internal: failed").partition(": ")
+        error = ErrorDetail(code=code, message=detail or code)
+    return final_reply_frame(
+        record.record_id,
+        record.session_id,
+        record.user_message_id,
+        record.response_content or "",
+        message,
+        record.finish_reason or "stop",
+        error,
+    )

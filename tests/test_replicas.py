@@ -4,7 +4,6 @@ reply running on another process, the replies of a process that died, a cut LIST
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -144,7 +143,6 @@ async def test_a_cut_listen_link_makes_its_sockets_resync(replicas: list[ServerP
         sent = await post(a, alice, "/message/send", {"session_id": room, "content": "after the cut"})
         frame = await bob_b.recv_type("new_message")
         assert frame["message"]["message_id"] == sent["message_id"]
-        assert json.dumps(frame)  # delivered across processes again
 
 
 async def test_the_sse_stream_on_one_process_follows_a_reply_on_another(

@@ -1,4 +1,4 @@
-"""How a reply's end is recorded (SPEC §6, §9) and told again from the record once it is stored."""
+"""How a reply's end is recorded (SPEC §6, §9)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from imsvc.errors import ImsvcError
 from imsvc.ledger import RecordOutcome
-from imsvc.models import AIChatRecord, RecordStatus
-from imsvc.schemas import AiReplyErrorFrame, AiReplyFrame, ErrorDetail, MessageOut, final_reply_frame
+from imsvc.models import RecordStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +55,4 @@ def record_outcome(
         completion_tokens=completion_tokens,
         # "code: detail", so that a finished record can be told again as the same `ai_reply_error`
         error_message=f"{error.code}: {error.message}" if error is not None else None,
-    )
-
-
-def stored_final_frame(record: AIChatRecord, message: MessageOut | None) -> AiReplyFrame | AiReplyErrorFrame:
-    """The final frame of a finished record, as its members were sent it."""
-    error = None
-    if record.status == RecordStatus.FAILED:
-        code, _, detail = (record.error_message or "internal: failed").partition(": ")
-        error = ErrorDetail(code=code, message=detail or code)
-    return final_reply_frame(
-        record.record_id,
-        record.session_id,
-        record.user_message_id,
-        record.response_content or "",
-        message,
-        record.finish_reason or "stop",
-        error,
     )
