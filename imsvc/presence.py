@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,7 @@ class SharedPresence:
 
     async def opened(self, user_id: str) -> bool:
         async with self._db.transaction() as s:
+            await _one_at_a_time(s, user_id)
             await s.execute(
                 insert(Online).values(process_id=self._process_id, user_id=user_id).on_conflict_do_nothing()
             )
@@ -58,6 +59,7 @@ class SharedPresence:
 
     async def closed(self, user_id: str) -> bool:
         async with self._db.transaction() as s:
+            await _one_at_a_time(s, user_id)
             await s.execute(delete(Online).where(Online.process_id == self._process_id, Online.user_id == user_id))
             return await self._elsewhere(s, user_id) == 0
 
@@ -74,3 +76,9 @@ class SharedPresence:
             or 0
         )
         return count
+
+
+async def _one_at_a_time(s: AsyncSession, user_id: str) -> None:
+    """Serialise one user's presence changes across processes: two processes closing the user's last
+    sockets at once would each still see the other's row, and neither would say offline."""
+    await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:user_id))"), {"user_id": user_id})
