@@ -12,7 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from imsvc.events import Event, EventFrame, Presence
 from imsvc.logs import get_logger
@@ -26,42 +26,46 @@ from imsvc.schemas import (
     PresenceFrame,
     ServerFrame,
 )
+from imsvc.wsproto import Prepared, Wire
 
 log = get_logger(__name__)
 
 CLOSE_SLOW_CONSUMER = 1008
 CLOSE_SHUTDOWN = 1012
-CLOSE_TIMEOUT_S = 1.0
-LISTENER_QUEUE = 1000  # how long a close may wait on a peer that reads nothing
+CLOSE_TIMEOUT_S = 1.0  # how long a close may wait on a peer that reads nothing
+LISTENER_QUEUE = 1000
 
 
 class Connection:
-    """One socket's outgoing side: an outbox drained by `run_sender`."""
+    """One socket's outgoing side. A frame goes straight to the socket when nothing waits before it and
+    the socket takes it; otherwise it waits in a bounded outbox, drained by `run_sender` as the socket
+    takes frames again."""
 
-    def __init__(self, websocket: WebSocket, user_id: str, limit: int) -> None:
+    def __init__(self, wire: Wire, user_id: str, limit: int) -> None:
         self.id = uuid.uuid4().hex
         self.user_id = user_id
-        self._websocket = websocket
+        self._wire = wire
         self._outbox = Outbox(limit)
         self._close_code: int | None = None
         self._close_reason = ""
-        self._sender: asyncio.Task[None] | None = None
+        self._given_up = asyncio.Event()  # a slow consumer: what waits is dropped, the close goes out at once
 
     @property
     def closing(self) -> bool:
         return self._close_code is not None
 
-    def send(self, frame: ServerFrame | str, text: str | None = None) -> None:
-        """Queue a frame (`text`: its JSON, when rendered already) or a pre-rendered frame text."""
+    def send(self, frame: ServerFrame, prepared: Prepared | None = None) -> None:
+        """Write a frame, or queue it behind those waiting (`prepared`: its JSON, when rendered already)."""
         if self.closing:
             return
-        queued = self._outbox.put(None, frame) if isinstance(frame, str) else self._outbox.put(frame, text)
-        if not queued:
+        if self._outbox.empty and self._wire.ready:
+            self._wire.write(prepared or Prepared(frame.wire()))
+            return
+        if not self._outbox.put(frame, prepared):
             log.warning("slow consumer dropped", user_id=self.user_id, queued=self._outbox.counted)
             self._outbox.clear()
+            self._given_up.set()
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
-            if self._sender is not None:
-                self._sender.cancel()  # it may be stuck writing to a peer that stopped reading
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the sender to close the socket once what is buffered is sent (at once for a slow consumer)."""
@@ -70,34 +74,38 @@ class Connection:
             self._outbox.wake()
 
     async def run_sender(self) -> None:
-        self._sender = asyncio.current_task()
+        """Write what waits whenever the socket takes it; then close the socket as asked."""
+        await self._drain()
         try:
-            await self._drain()
-        except asyncio.CancelledError:
-            if self._close_code != CLOSE_SLOW_CONSUMER:
-                raise
-            # Cancelled by send() on overflow: the frame being written is abandoned, the close goes out now.
-            self._sender.uncancel()  # type: ignore[union-attr]
-            # A peer that reads nothing never takes the close frame either (the write waits for room).
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self._close_socket()
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self._close_code = self._close_code or 1006  # the peer is gone: nothing more to send
-
-    async def _close_socket(self) -> None:
-        if self._websocket.application_state == WebSocketState.CONNECTED:
-            assert self._close_code is not None
-            await self._websocket.close(self._close_code, self._close_reason)
+            # A peer that reads nothing never takes the close frame either.
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._wire.close(self._close_code or 1006, self._close_reason)
+        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+            self._close_code = self._close_code or 1006  # the peer is gone
 
     async def _drain(self) -> None:
         while True:
             await self._outbox.wait()
-            while (item := self._outbox.pop()) is not None:
-                await self._websocket.send_text(item.wire())
+            while not self._outbox.empty:
+                if not self._wire.ready and not await self._writable():
+                    self._outbox.clear()
+                    self._close_code = self._close_code or 1006
+                    return
+                item = self._outbox.pop()
+                if item is not None:
+                    self._wire.write(item.wire())
             if self._close_code is not None:
-                await self._close_socket()
                 return
+
+    async def _writable(self) -> bool:
+        """Until the socket takes frames again; False when it never will (it closed, or it was given up)."""
+        waits = [asyncio.ensure_future(self._wire.until_writable()), asyncio.ensure_future(self._given_up.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._wire.ready and not self._given_up.is_set()
 
 
 class Hub:
@@ -254,16 +262,16 @@ class Hub:
                 answer = event.answer()
                 if answer is not None:
                     origin.send(answer)
-            text: str | None = None
+            prepared: Prepared | None = None
             for user_id in self._members_here.get(event.session_id, ()):
                 if user_id == event.skip_user:
                     continue
                 for conn in self._by_user[user_id]:
                     if conn is origin:
                         continue
-                    if text is None:
-                        text = event.frame.wire()
-                    conn.send(event.frame, text)
+                    if prepared is None:
+                        prepared = Prepared(event.frame.wire())
+                    conn.send(event.frame, prepared)
         for user_id in event.left:
             self._leave(user_id, event.session_id)
 
@@ -274,10 +282,10 @@ class Hub:
             users |= self._members_here.get(session_id, set())
         users.discard(presence.user_id)
         frame = PresenceFrame(user_id=presence.user_id, online=presence.online)
-        text = frame.wire()
+        prepared = Prepared(frame.wire())
         for user_id in users:
             for conn in self._by_user[user_id]:
-                conn.send(frame, text)
+                conn.send(frame, prepared)
 
     def close_all(self, code: int, reason: str) -> None:
         for conns in self._by_user.values():

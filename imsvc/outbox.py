@@ -22,6 +22,7 @@ from imsvc.schemas import (
     ServerFrame,
     TypingNotice,
 )
+from imsvc.wsproto import Prepared
 
 
 def coalescing_key(frame: ServerFrame) -> Hashable | None:
@@ -51,18 +52,17 @@ def _streamed(key: Hashable) -> bool:
 class Item:
     """A frame and, when rendered already (once for every socket of an event), its JSON text."""
 
-    __slots__ = ("frame", "key", "text")
+    __slots__ = ("frame", "key", "prepared")
 
-    def __init__(self, frame: ServerFrame | None, text: str | None, key: Hashable | None) -> None:
+    def __init__(self, frame: ServerFrame, prepared: Prepared | None, key: Hashable | None) -> None:
         self.frame = frame
-        self.text = text
+        self.prepared = prepared
         self.key = key
 
-    def wire(self) -> str:
-        if self.text is None:
-            assert self.frame is not None
-            self.text = self.frame.wire()
-        return self.text
+    def wire(self) -> Prepared:
+        if self.prepared is None:
+            self.prepared = Prepared(self.frame.wire())
+        return self.prepared
 
 
 class Outbox:
@@ -77,22 +77,26 @@ class Outbox:
     def counted(self) -> int:
         return self._counted
 
-    def put(self, frame: ServerFrame | None, text: str | None = None) -> bool:
-        """Queue a frame (or a pre-rendered text with no frame); False when the buffer is full."""
-        key = coalescing_key(frame) if frame is not None else None
+    @property
+    def empty(self) -> bool:
+        return not self._items
+
+    def put(self, frame: ServerFrame, prepared: Prepared | None = None) -> bool:
+        """Queue a frame (`prepared`: its JSON, when rendered already); False when the buffer is full."""
+        key = coalescing_key(frame)
         if key is not None:
             waiting = self._open_merges.get(key)
-            if waiting is not None and waiting.frame is not None and frame is not None:
+            if waiting is not None:
                 joined = merged(waiting.frame, frame)
                 if joined is not None:
-                    waiting.frame, waiting.text = joined, text if joined is frame else None
+                    waiting.frame, waiting.prepared = joined, prepared if joined is frame else None
                     return True
-            item = Item(frame, text, key)
+            item = Item(frame, prepared, key)
             self._open_merges[key] = item
         else:
             if self._counted >= self._limit:
                 return False
-            item = Item(frame, text, None)
+            item = Item(frame, prepared, None)
             self._counted += 1
             for stream in [k for k in self._open_merges if _streamed(k)]:
                 del self._open_merges[stream]
@@ -129,7 +133,6 @@ async def reply_frames(outbox: Outbox) -> AsyncIterator[ServerFrame]:
     while True:
         await outbox.wait()
         while (item := outbox.pop()) is not None:
-            assert item.frame is not None
             yield item.frame
             if isinstance(item.frame, AiReplyFrame | AiReplyErrorFrame):
                 return

@@ -47,6 +47,7 @@ from imsvc.schemas import (
     UnreactFrame,
 )
 from imsvc.services import Services, services
+from imsvc.wsproto import Wire
 
 log = get_logger(__name__)
 
@@ -111,7 +112,7 @@ async def endpoint(websocket: WebSocket) -> None:
     if svc.draining:
         await refuse(websocket, CLOSE_SHUTDOWN, "server shutting down")
         return
-    conn = Connection(websocket, user_id, svc.settings.ws_send_queue)
+    conn = Connection(Wire(websocket), user_id, svc.settings.ws_send_queue)
     first = not svc.hub.online(user_id)
     if not svc.hub.register(conn):
         await refuse(websocket, CLOSE_TRY_AGAIN, "too many connections")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from tests.conftest import ServerFactory
 from tests.helpers import LiveServer, WsClient, token, uid
@@ -156,3 +158,36 @@ async def test_a_peer_that_reads_nothing_is_dropped_soon_after_its_queue_overflo
         else:
             raise AssertionError("the socket never overflowed")
         await asyncio.wait_for(dropped.wait(), 4)
+
+
+async def test_a_frame_encoded_once_reaches_sockets_of_every_encoding(server: LiveServer) -> None:
+    """Fan-out compresses an event once per way of encoding it: sockets with deflate at the server's
+    window, with a smaller window they asked for, and without deflate all read the same frames."""
+    alice, bob = uid(), uid()
+    room = await server.room(alice, bob)
+    encodings: list[list[ClientPerMessageDeflateFactory] | None] = [
+        [ClientPerMessageDeflateFactory(client_max_window_bits=True)],
+        [ClientPerMessageDeflateFactory(server_max_window_bits=9, client_max_window_bits=True)],
+        None,
+    ]
+    async with AsyncExitStack() as stack:
+        sockets = []
+        for extensions in encodings:
+            uri = f"{server.ws_url}/ws?token={token(bob)}"
+            options: dict[str, Any] = {"extensions": extensions} if extensions else {"compression": None}
+            sockets.append(await stack.enter_async_context(connect(uri, max_size=None, **options)))
+        negotiated = [s.response.headers.get("Sec-WebSocket-Extensions") for s in sockets]
+        assert negotiated[0] is not None and "server_no_context_takeover" in negotiated[0]
+        assert negotiated[1] is not None and "server_max_window_bits=9" in negotiated[1]
+        assert negotiated[2] is None
+        contents = [f"{n} " + "é" * n * 40 for n in range(1, 6)]
+        for content in contents:
+            await server.send(alice, room, content)
+        for sock in sockets:
+            got = []
+            while len(got) < len(contents):
+                async with asyncio.timeout(5):
+                    frame = json.loads(await sock.recv())
+                if frame["type"] == "new_message":
+                    got.append(frame["message"]["msg_content"])
+            assert got == contents

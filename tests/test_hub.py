@@ -10,47 +10,60 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest_asyncio
-from starlette.websockets import WebSocketState
 
 from imsvc.events import Event
 from imsvc.hub import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, Connection, Hub
-from imsvc.schemas import AiReplyDeltaFrame, AiReplySnapshotFrame, MessageOut, NewMessageFrame, PongFrame
+from imsvc.schemas import (
+    AiReplyDeltaFrame,
+    AiReplySnapshotFrame,
+    MessageOut,
+    NewMessageFrame,
+    PongFrame,
+)
+from imsvc.wsproto import Prepared
 
 TIMEOUT = 2.0
 SESSION = "s1"
 
 
-class FakeSocket:
-    """Duck-typed WebSocket: records what is sent and closed; `send_text` waits on `gate` (the network draining)."""
+class FakeWire:
+    """A socket's outgoing side, recorded: `gate` is whether its buffer takes frames (the network draining)."""
 
-    def __init__(self, *, blocked: bool = False) -> None:
-        self.application_state = WebSocketState.CONNECTED
+    def __init__(self, *, blocked: bool = False, connected: bool = True) -> None:
+        self.connected = connected
         self.gate = asyncio.Event()
         if not blocked:
             self.gate.set()
-        self.attempts: list[str] = []  # every send_text call, as soon as it starts
-        self.log: list[tuple[Any, ...]] = []  # ("send", frame) once sent, ("close", code, reason)
-        self._changed = asyncio.Condition()
+        self.log: list[tuple[Any, ...]] = []  # ("send", frame) as written, ("close", code, reason)
+        self._changed = asyncio.Event()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    @property
+    def open(self) -> bool:
+        return self.connected
 
-    async def send_text(self, text: str) -> None:
-        self.attempts.append(text)
-        await self._notify()
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.gate.is_set()
+
+    async def until_writable(self) -> None:
         await self.gate.wait()
-        self.log.append(("send", json.loads(text)))
-        await self._notify()
 
-    async def close(self, code: int, reason: str = "") -> None:
-        self.log.append(("close", code, reason))
-        self.application_state = WebSocketState.DISCONNECTED
-        await self._notify()
+    def write(self, frame: Prepared) -> None:
+        assert self.ready, "written while the socket does not take frames"
+        self.log.append(("send", json.loads(frame.text)))
+        self._changed.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.connected:
+            self.log.append(("close", code, reason))
+            self.connected = False
+        self._changed.set()
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
 
     @property
     def sent(self) -> list[dict[str, Any]]:
@@ -116,13 +129,14 @@ def snapshot_wire(record_id: str, content: str) -> dict[str, Any]:
 
 async def blocked_with_frame_in_flight(
     start: Callable[[Connection], asyncio.Task[None]], *, limit: int = 10
-) -> tuple[FakeSocket, Connection, asyncio.Task[None]]:
-    """A connection whose sender is stuck sending pong(0): everything sent afterwards waits in the buffer."""
-    ws = FakeSocket(blocked=True)
-    conn = Connection(ws, "alice", limit)  # type: ignore[arg-type]
+) -> tuple[FakeWire, Connection, asyncio.Task[None]]:
+    """A connection that wrote pong(0) and whose socket then stopped taking frames: everything sent
+    afterwards waits in the outbox."""
+    ws = FakeWire()
+    conn = Connection(ws, "alice", limit)
     task = start(conn)
     conn.send(pong(0))
-    await ws.wait_until(lambda: len(ws.attempts) == 1)
+    ws.gate.clear()
     return ws, conn, task
 
 
@@ -130,18 +144,18 @@ async def blocked_with_frame_in_flight(
 
 
 async def test_frames_are_sent_in_order(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
-    ws = FakeSocket()
-    conn = Connection(ws, "alice", 10)  # type: ignore[arg-type]
+    ws = FakeWire()
+    conn = Connection(ws, "alice", 10)
     senders(conn)
     conn.send(pong(1))
-    conn.send('{"type": "raw", "n": 2}')
+    conn.send(pong(2))
     conn.send(delta("r1", "hi", 0))
     conn.send(snapshot("r1", "hi"))
     conn.send(pong(5))
     await ws.wait_until(lambda: len(ws.log) == 5)
     assert ws.sent == [
         pong_wire(1),
-        {"type": "raw", "n": 2},
+        pong_wire(2),
         delta_wire("r1", "hi", 0),
         snapshot_wire("r1", "hi"),
         pong_wire(5),
@@ -157,7 +171,7 @@ async def test_close_flushes_buffer_then_closes_with_code(senders: Callable[[Con
     conn.send(pong(2))
     conn.close(CLOSE_SHUTDOWN, "server shutting down")
     assert conn.closing
-    assert ws.log == []  # nothing sent or closed while the network is blocked
+    assert ws.log == [("send", pong_wire(0))]  # nothing more sent, nor closed, while the network is blocked
     ws.gate.set()
     await finished(task)
     assert ws.log == [
@@ -170,8 +184,8 @@ async def test_close_flushes_buffer_then_closes_with_code(senders: Callable[[Con
 
 
 async def test_close_with_empty_buffer_closes_at_once(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
-    ws = FakeSocket()
-    conn = Connection(ws, "alice", 10)  # type: ignore[arg-type]
+    ws = FakeWire()
+    conn = Connection(ws, "alice", 10)
     task = senders(conn)
     conn.close(1000)
     await finished(task)
@@ -195,14 +209,13 @@ async def test_frames_after_close_are_dropped_and_first_close_code_wins(
 async def test_close_is_not_sent_to_a_socket_no_longer_connected(
     senders: Callable[[Connection], asyncio.Task[None]],
 ) -> None:
-    ws = FakeSocket()
-    ws.application_state = WebSocketState.DISCONNECTED
-    conn = Connection(ws, "alice", 10)  # type: ignore[arg-type]
+    ws = FakeWire(connected=False)
+    conn = Connection(ws, "alice", 10)
     task = senders(conn)
     conn.send(pong(1))
     conn.close(1000)
     await finished(task)
-    assert ws.log == [("send", pong_wire(1))]
+    assert ws.log == []
 
 
 # 2. Delta merging
@@ -244,7 +257,7 @@ async def test_non_delta_frame_stops_merging(senders: Callable[[Connection], asy
     conn.send(delta("A", "cd", 2))
     conn.send(delta("B", "y", 1))  # B too: nothing may be merged in front of the snapshot
     conn.send(delta("A", "e", 4))
-    conn.send('{"type": "ai_reply", "record_id": "A"}')
+    conn.send(pong(9))
     conn.send(delta("A", "f", 5))
     conn.close(1000)
     ws.gate.set()
@@ -256,17 +269,17 @@ async def test_non_delta_frame_stops_merging(senders: Callable[[Connection], asy
         snapshot_wire("A", "ab"),
         delta_wire("A", "cde", 2),
         delta_wire("B", "y", 1),
-        {"type": "ai_reply", "record_id": "A"},
+        pong_wire(9),
         delta_wire("A", "f", 5),
     ]
 
 
 async def test_delta_being_sent_is_not_merged_into(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
-    ws = FakeSocket(blocked=True)
-    conn = Connection(ws, "alice", 10)  # type: ignore[arg-type]
+    ws = FakeWire()
+    conn = Connection(ws, "alice", 10)
     task = senders(conn)
-    conn.send(delta("A", "ab", 0))
-    await ws.wait_until(lambda: len(ws.attempts) == 1)  # "ab" is on the wire already
+    conn.send(delta("A", "ab", 0))  # on the wire already
+    ws.gate.clear()
     conn.send(delta("A", "cd", 2))
     conn.send(delta("A", "e", 4))
     conn.close(1000)
@@ -306,15 +319,14 @@ async def test_slow_consumer_is_closed_1008_and_buffer_dropped(
     assert conn.closing
     conn.send(pong(99))
     conn.send(delta("A", "cd", 2))
-    # The peer never drains: the frame stuck on the wire is abandoned and the close goes out at once.
+    # The peer never drains: what waits is dropped and the close goes out at once.
     await finished(task)
-    assert ws.log == [("close", CLOSE_SLOW_CONSUMER, "slow consumer")]
-    assert [json.loads(text) for text in ws.attempts] == [pong_wire(0)]
+    assert ws.log == [("send", pong_wire(0)), ("close", CLOSE_SLOW_CONSUMER, "slow consumer")]
 
 
 async def test_slow_consumer_without_a_running_sender(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
-    ws = FakeSocket()
-    conn = Connection(ws, "alice", 2)  # type: ignore[arg-type]
+    ws = FakeWire(blocked=True)
+    conn = Connection(ws, "alice", 2)
     conn.send(pong(1))
     conn.send(pong(2))
     assert not conn.closing
@@ -327,8 +339,8 @@ async def test_slow_consumer_without_a_running_sender(senders: Callable[[Connect
 
 async def test_sent_frames_free_their_places(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     limit = 2
-    ws = FakeSocket()
-    conn = Connection(ws, "alice", limit)  # type: ignore[arg-type]
+    ws = FakeWire()
+    conn = Connection(ws, "alice", limit)
     senders(conn)
     for round_ in range(5):
         conn.send(pong(2 * round_))
@@ -369,9 +381,9 @@ async def test_deltas_alone_never_close_a_slow_consumer(senders: Callable[[Conne
 # 5. Hub
 
 
-def hub_connection(user_id: str, *, limit: int = 10) -> tuple[FakeSocket, Connection]:
-    ws = FakeSocket()
-    return ws, Connection(ws, user_id, limit)  # type: ignore[arg-type]
+def hub_connection(user_id: str, *, limit: int = 10, blocked: bool = False) -> tuple[FakeWire, Connection]:
+    ws = FakeWire(blocked=blocked)
+    return ws, Connection(ws, user_id, limit)
 
 
 def test_register_respects_max_connections_and_unregister_is_idempotent() -> None:
@@ -414,7 +426,7 @@ def message(n: int) -> NewMessageFrame:
     )
 
 
-def seqs(ws: FakeSocket) -> list[tuple[str, int]]:
+def seqs(ws: FakeWire) -> list[tuple[str, int]]:
     return [(f["type"], f["message"]["seq"]) for f in ws.sent]
 
 
@@ -444,7 +456,7 @@ async def test_deliver_to_every_members_socket_and_answer_the_origin(
     senders: Callable[[Connection], asyncio.Task[None]],
 ) -> None:
     hub = Hub(max_connections=10)
-    sockets: dict[str, FakeSocket] = {}
+    sockets: dict[str, FakeWire] = {}
     conns: dict[str, Connection] = {}
     for name, user in [("alice1", "alice"), ("alice2", "alice"), ("bob1", "bob"), ("carol1", "carol")]:
         sockets[name], conns[name] = hub_connection(user)
@@ -508,12 +520,14 @@ async def test_a_session_joined_while_the_sessions_are_read_is_kept(
 
 async def test_deliver_delta_merges_per_connection(senders: Callable[[Connection], asyncio.Task[None]]) -> None:
     hub = Hub(max_connections=10)
-    ws_a, a = hub_connection("alice")
-    ws_b, b = hub_connection("bob")
+    ws_a, a = hub_connection("alice", blocked=True)
+    ws_b, b = hub_connection("bob", blocked=True)
     joined(hub, a, b)
     first, second = delta("A", "a", 0), delta("A", "b", 1)
     hub.deliver(Event(SESSION, first))
     hub.deliver(Event(SESSION, second))
+    ws_a.gate.set()
+    ws_b.gate.set()
     tasks = [senders(a), senders(b)]
     hub.close_all(1000, "")
     for task in tasks:

@@ -23,18 +23,26 @@ from imsvc.ledger import RecordOutcome
 from imsvc.metrics import Metrics
 from imsvc.models import Message, RecordStatus
 from imsvc.sequencer import Sequencer
+from imsvc.wsproto import Prepared
 from tests.helpers import uid
 
 
 class Socket:
-    """A stand-in for a WebSocket that keeps what the hub sends it."""
+    """A stand-in for a socket's outgoing side that keeps what the hub writes to it."""
+
+    open = ready = True
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
-        self.application_state = None
 
-    async def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
+    async def until_writable(self) -> None:
+        pass
+
+    def write(self, frame: Prepared) -> None:
+        self.frames.append(json.loads(frame.text))
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
 
 
 @dataclass
@@ -115,7 +123,7 @@ async def test_retries_landing_in_one_batch_store_one_message(rig: Rig) -> None:
 async def test_the_first_message_creates_the_session_and_subscribes_its_sender(rig: Rig) -> None:
     alice, room = uid(), uid("s")
     socket = Socket()
-    conn = Connection(socket, alice, 100)  # type: ignore[arg-type]
+    conn = Connection(socket, alice, 100)
     assert rig.hub.register(conn)
     rig.hub.subscribe(conn, [])
     sender = asyncio.create_task(conn.run_sender())
@@ -132,7 +140,7 @@ async def test_a_member_added_in_the_batch_that_concludes_a_reply_receives_its_e
     room = await rig.room(alice)
     asked = await rig.sequencer.send(Send(room, alice, "question"))
     socket = Socket()
-    conn = Connection(socket, bob, 100)  # type: ignore[arg-type]
+    conn = Connection(socket, bob, 100)
     assert rig.hub.register(conn)
     rig.hub.subscribe(conn, [])
     sender = asyncio.create_task(conn.run_sender())

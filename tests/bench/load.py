@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from imsvc.auth import mint_token
 from tests.bench.rawhttp import KeepAlive
+from tests.bench.rawws import RawSocket, open_socket
 
 WAIT = 10.0  # one request or frame; past it the client counts a timeout and stops
 AI_WAIT = 60.0  # one whole reply
@@ -115,13 +117,13 @@ class Users:
         self.ws_url: str = args["ws_url"]
         self.secret: str = args["secret"]
         self.source: str | None = args.get("source_address")
-        self._setup = asyncio.Semaphore(SETUP_CONCURRENCY)
+        self.setup = asyncio.Semaphore(SETUP_CONCURRENCY)
 
     def token(self, user: str) -> str:
         return mint_token(self.secret, user, TOKEN_TTL)
 
     async def create_session(self, http: httpx.AsyncClient, owner: str, session_id: str, ai: bool) -> None:
-        async with self._setup:
+        async with self.setup:
             r = await http.post(
                 "/sessions",
                 json={"session_id": session_id, "ai_enabled": ai},
@@ -139,7 +141,7 @@ class Users:
         """A socket of `user` (a few handshakes at a time); its handshake time added to `handshakes_ms`."""
         extra: dict[str, Any] = {"local_addr": (self.source, 0)} if self.source else {}
         uri = f"{self.ws_url}/ws?token={self.token(user)}"
-        async with self._setup:
+        async with self.setup:
             started = now()
             conn = await connect(uri, max_size=None, open_timeout=30, **extra)
         if handshakes_ms is not None:
@@ -440,31 +442,47 @@ async def fanout_sender(control: Control, args: dict[str, Any]) -> dict[str, Any
 
 
 async def fanout_receivers(control: Control, args: dict[str, Any]) -> dict[str, Any]:
-    """Members' sockets, each reading until it has every one of the sender's messages (or the deadline)."""
+    """Members' sockets (the lean client of rawws), each reading until it has every one of the sender's
+    messages (or the deadline)."""
     users = Users(args)
-    conns = await users.sockets(args["users"])
+    count: int = args["count"]
+    received: list[list[list[int]]] = [[] for _ in args["users"]]  # per socket: [index, seq, recv_ns]
+    complete = [asyncio.get_running_loop().create_future() for _ in args["users"]]
+
+    def reader(got: list[list[int]], done: asyncio.Future[None]) -> Callable[[bytes], None]:
+        def on_text(payload: bytes) -> None:
+            stamp = now()
+            frame = json.loads(payload)
+            if frame["type"] == "new_message" and frame["message"]["msg_content"].startswith("fan "):
+                got.append([int(frame["message"]["msg_content"][4:]), frame["message"]["seq"], stamp])
+                if len(got) == count and not done.done():
+                    done.set_result(None)
+
+        return on_text
+
+    parts = urlsplit(users.ws_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+
+    async def open_one(user: str, index: int) -> RawSocket:
+        async with users.setup:
+            return await open_socket(
+                host, port, f"/ws?token={users.token(user)}", reader(received[index], complete[index])
+            )
+
+    conns = await asyncio.gather(*(open_one(u, i) for i, u in enumerate(args["users"])))
     release = await control.barrier("ready")
     deadline = release["t0"] + int(args["timeout_s"] * 1e9)
-    count: int = args["count"]
     start_cpu = cpu()
     errors: Counter[str] = Counter()
-
-    async def read(conn: ClientConnection) -> list[list[int]]:
-        got: list[list[int]] = []  # [index, seq, recv_ns]
-        try:
-            while len(got) < count:
-                frame = await recv(conn, max(0.0, (deadline - now()) / 1e9))
-                stamp = now()
-                if frame["type"] == "new_message" and frame["message"]["msg_content"].startswith("fan "):
-                    got.append([int(frame["message"]["msg_content"][4:]), frame["message"]["seq"], stamp])
-        except (ConnectionClosed, TimeoutError) as exc:
-            errors[failure(exc)] += 1
-        return got
-
-    received = await asyncio.gather(*(read(c) for c in conns))
+    waits = [asyncio.ensure_future(asyncio.shield(done)) for done in complete]
+    _, pending = await asyncio.wait(waits, timeout=max(0.0, (deadline - now()) / 1e9))
+    errors.update({"TimeoutError": len(pending)} if pending else {})
+    for wait in pending:
+        wait.cancel()
     cpu_s = cpu() - start_cpu
     await control.barrier("done")
-    await asyncio.gather(*(c.close() for c in conns))
+    for conn in conns:
+        conn.close()
     return {"received": received, "errors": dict(errors), "cpu_s": cpu_s}
 
 

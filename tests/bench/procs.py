@@ -169,12 +169,17 @@ class Load:
             self.stderr += chunk
 
     async def next(self, phase: str, timeout: float) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            got = await self.phases.get()
+        try:
+            async with asyncio.timeout(timeout):
+                got = await self.phases.get()
+        except TimeoutError:
+            raise RuntimeError(f"load process: no phase {phase!r} in {timeout} s\n{self.stderr_tail()}") from None
         if got["phase"] != phase:
-            tail = self.stderr.decode(errors="replace")[-3000:]
-            raise RuntimeError(f"load process: expected phase {phase!r}, got {got}\n{tail}")
+            raise RuntimeError(f"load process: expected phase {phase!r}, got {got}\n{self.stderr_tail()}")
         return got
+
+    def stderr_tail(self) -> str:
+        return self.stderr.decode(errors="replace")[-3000:]
 
     def release(self, payload: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
