@@ -80,7 +80,9 @@ class Connection:
             # A peer that reads nothing never takes the close frame either.
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._wire.close(self._close_code or 1006, self._close_reason)
-        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+        except TimeoutError:
+            self._wire.abort()
+        except (WebSocketDisconnect, RuntimeError, OSError):
             self._close_code = self._close_code or 1006  # the peer is gone
 
     async def _drain(self) -> None:

@@ -125,7 +125,7 @@ async def endpoint(websocket: WebSocket) -> None:
     structlog.contextvars.bind_contextvars(user_id=user_id)
     sender = asyncio.create_task(conn.run_sender())
     try:
-        await receive_loop(svc, websocket, conn, sender)
+        await receive_loop(svc, websocket, conn)
     finally:
         sessions = svc.hub.unregister(conn)
         if sessions is not None:  # its user's last socket here
@@ -178,14 +178,11 @@ async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
     await websocket.close(code, reason)
 
 
-async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection, sender: asyncio.Task[None]) -> None:
+async def receive_loop(svc: Services, websocket: WebSocket, conn: Connection) -> None:
+    """Frames until the socket closes: the sender's close (or its abort of a peer that took no close
+    frame) ends the receiving side too."""
     while not conn.closing:
-        receiving = asyncio.ensure_future(websocket.receive())
-        await asyncio.wait((receiving, sender), return_when=asyncio.FIRST_COMPLETED)
-        if not receiving.done():  # the sender has ended (the socket is closed, or it gave up closing it)
-            receiving.cancel()
-            return
-        message = receiving.result()
+        message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         raw: str | bytes = message.get("text") or message.get("bytes") or b""

@@ -112,3 +112,8 @@ class Wire:
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state == WebSocketState.CONNECTED:
             await self._websocket.close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a peer that did not even take a close frame); the app then
+        receives `websocket.disconnect`."""
+        self._protocol.transport.abort()

@@ -59,6 +59,11 @@ class FakeWire:
             self.connected = False
         self._changed.set()
 
+    def abort(self) -> None:
+        self.log.append(("abort",))
+        self.connected = False
+        self._changed.set()
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         async with asyncio.timeout(TIMEOUT):
             while not predicate():

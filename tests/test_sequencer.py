@@ -44,6 +44,9 @@ class Socket:
     async def close(self, code: int, reason: str) -> None:
         pass
 
+    def abort(self) -> None:
+        pass
+
 
 @dataclass
 class Rig:
