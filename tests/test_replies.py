@@ -90,6 +90,7 @@ async def test_reply_streams_to_every_member_and_is_stored(ai: LiveServer, fake_
     assert rec["user_message_id"] == sent["message_id"] and rec["error_message"] is None
     request = json.loads(rec["request_content"])
     assert request["messages"][-1]["content"].endswith("hello bot") and request["stream"] is True
+    assert request == fake_llm.requests[-1]  # the record stores exactly what the model was sent
     listing = (await ai.get("/message/list", alice, params={"session_id": room, "after_seq": 0})).json()
     assert [m["from_user_id"] for m in listing["messages"]] == [alice, "ai_bot"]
     sessions = (await ai.get("/sessions", alice)).json()["sessions"]
