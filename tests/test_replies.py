@@ -173,6 +173,15 @@ async def test_group_context_prefixes_authors_and_honours_limits(make_server: Se
     assert len(history) <= 3 and sum(len(m["content"]) for m in history) <= 30
 
 
+async def test_the_assistant_as_a_member_is_not_a_human(ai: LiveServer, fake_llm: FakeLLM) -> None:
+    alice = uid()
+    room = await ai.room(alice, "ai_bot", ai=True)
+    async with ai.ws(alice) as ws:
+        sent = await ai.send(alice, room, "hi")
+        await reply_frames(ws, sent["ai_record_id"])
+    assert fake_llm.requests[-1]["messages"][1:] == [{"role": "user", "content": "hi"}]  # no "alice: " prefix
+
+
 async def test_replies_in_one_session_come_in_order(ai: LiveServer, fake_llm: FakeLLM) -> None:
     fake_llm.mode = "slow"
     alice = uid()

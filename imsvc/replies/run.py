@@ -152,12 +152,11 @@ class ReplyRun:
     async def _request(self) -> Request:
         settings = self._tools.settings
         async with self._tools.db.reader() as s:
-            history = await store.context_messages(
-                s, self.session_id, self.user_message.seq, settings.ai_context_messages
+            history, humans = await store.reply_context(
+                s, self.session_id, self.user_message.seq, settings.ai_context_messages, settings.ai_bot_user_id
             )
-            members = await store.member_ids(s, self.session_id)
         messages = build_context(
-            history, members, settings.ai_bot_user_id, self.reply.system_prompt, settings.ai_context_chars
+            history, humans, settings.ai_bot_user_id, self.reply.system_prompt, settings.ai_context_chars
         )
         return self._tools.model.request(messages, self.reply.model)
 
