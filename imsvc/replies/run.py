@@ -139,6 +139,7 @@ class ReplyRun:
             timings, completion = Timings(began=time.monotonic()), Completion()
             request: Request = {}
             try:
+                self._begin()
                 request = await self._request()
                 outcome = await self._generate(request, timings, completion)
             except Exception as exc:
@@ -148,6 +149,16 @@ class ReplyRun:
                 outcome = Outcome(RecordStatus.FAILED, "error", error)
             timings.ended = time.monotonic()
             await self.conclude(outcome, timings, request, completion)
+
+    def _begin(self) -> None:
+        """Generating from now on. The start frame needs nothing from the database: sent before the context
+        is read, its socket writes overlap that read instead of delaying the model's request."""
+        self.phase = Phase.GENERATING
+        self._publish(
+            AiReplyStartFrame(
+                record_id=self.record_id, session_id=self.session_id, user_message_id=self.user_message.message_id
+            )
+        )
 
     async def _request(self) -> Request:
         settings = self._tools.settings
@@ -161,14 +172,8 @@ class ReplyRun:
         return self._tools.model.request(messages, self.reply.model)
 
     async def _generate(self, request: Request, timings: Timings, completion: Completion) -> Outcome:
-        if self._stop is not None:  # stopped while its context was read: it never started
+        if self._stop is not None:  # stopped while its context was read: nothing was asked of the model
             return stopped(self._stop)
-        self.phase = Phase.GENERATING
-        self._publish(
-            AiReplyStartFrame(
-                record_id=self.record_id, session_id=self.session_id, user_message_id=self.user_message.message_id
-            )
-        )
         generation = asyncio.create_task(self._stream(request, timings, completion))
         stop = asyncio.create_task(self._stopped.wait())
         try:
