@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from imsvc.llm import ChatMessages
-from imsvc.models import Message
+
+
+class Turn(Protocol):
+    """A stored message as the context needs it (an ORM object or a Core row)."""
+
+    @property
+    def from_user_id(self) -> str: ...
+
+    @property
+    def msg_content(self) -> str: ...
 
 
 def build_context(
-    history: Sequence[Message], members: Iterable[str], bot_user_id: str, system_prompt: str, max_chars: int
+    history: Sequence[Turn], humans: int, bot_user_id: str, system_prompt: str, max_chars: int
 ) -> ChatMessages:
     """`history` ends with the triggering message, which is always kept; older ones are dropped first to
     fit `max_chars` (counted as sent, prefixes included, the system prompt not). With more than one human
-    member, user messages say who wrote them."""
-    prefixed = len({m for m in members if m != bot_user_id}) > 1
+    member (`humans`), user messages say who wrote them."""
+    prefixed = humans > 1
     turns: ChatMessages = []
     for item in history:
         if item.from_user_id == bot_user_id:

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Row,
     ScalarSelect,
     Select,
     Table,
@@ -55,11 +56,6 @@ async def require_member(s: AsyncSession, session_id: str, user_id: str) -> str:
     if role is None:
         raise Forbidden("not a member of this session")
     return role
-
-
-async def member_ids(s: AsyncSession, session_id: str) -> list[str]:
-    result = await s.scalars(select(SessionMember.user_id).where(SessionMember.session_id == session_id))
-    return list(result)
 
 
 async def get_session(s: AsyncSession, session_id: str) -> ChatSession | None:
@@ -272,21 +268,39 @@ async def after_seq(
     return await _page(s, _AFTER[text_only], session_id, limit, seq)
 
 
-async def context_messages(s: AsyncSession, session_id: str, upto_seq: int, limit: int) -> list[Message]:
-    """The last `limit` TEXT messages up to and including seq `upto_seq`, oldest first, folded: edited text
-    as edited, deleted messages left out (SPEC §10)."""
-    result = await s.scalars(
-        select(Message)
-        .where(
-            Message.session_id == session_id,
-            Message.seq <= upto_seq,
-            Message.msg_type == Kind.TEXT,
-            Message.deleted_at.is_(None),
-        )
-        .order_by(Message.seq.desc())
-        .limit(limit)
+# A reply's context is read in one statement, built once, through the session's Core connection: its
+# messages and, in a column beside each, how many human members the session has. Two ORM queries took
+# two round trips and most of the time between a send and the model's request.
+_HUMANS = (
+    select(func.count())
+    .select_from(_MEMBERS)
+    .where(_MEMBERS.c.session_id == bindparam("sid"), _MEMBERS.c.user_id != bindparam("bot"))
+    .scalar_subquery()
+)
+_CONTEXT = (
+    select(_MESSAGES.c.from_user_id, _MESSAGES.c.msg_content, _HUMANS.label("humans"))
+    .where(
+        _MESSAGES.c.session_id == bindparam("sid"),
+        _MESSAGES.c.seq <= bindparam("seq"),
+        _MESSAGES.c.msg_type == Kind.TEXT,
+        _MESSAGES.c.deleted_at.is_(None),
     )
-    return list(reversed(list(result)))
+    .order_by(_MESSAGES.c.seq.desc())
+    .limit(bindparam("lim"))
+)
+
+
+async def reply_context(
+    s: AsyncSession, session_id: str, upto_seq: int, limit: int, bot_user_id: str
+) -> tuple[list[Row[str, str, int]], int]:
+    """The last `limit` TEXT messages up to and including seq `upto_seq`, oldest first, folded: edited text
+    as edited, deleted messages left out (SPEC §10); each has `from_user_id` and `msg_content`. And the
+    number of the session's members other than `bot_user_id` (0 when there is no message)."""
+    params = {"sid": session_id, "seq": upto_seq, "lim": limit, "bot": bot_user_id}
+    rows = list((await (await s.connection()).execute(_CONTEXT, params)).all())
+    rows.reverse()
+    humans: int = rows[0].humans if rows else 0
+    return rows, humans
 
 
 # AI chat records

@@ -90,6 +90,7 @@ async def test_reply_streams_to_every_member_and_is_stored(ai: LiveServer, fake_
     assert rec["user_message_id"] == sent["message_id"] and rec["error_message"] is None
     request = json.loads(rec["request_content"])
     assert request["messages"][-1]["content"].endswith("hello bot") and request["stream"] is True
+    assert request == fake_llm.requests[-1]  # the record stores exactly what the model was sent
     listing = (await ai.get("/message/list", alice, params={"session_id": room, "after_seq": 0})).json()
     assert [m["from_user_id"] for m in listing["messages"]] == [alice, "ai_bot"]
     sessions = (await ai.get("/sessions", alice)).json()["sessions"]
@@ -170,6 +171,15 @@ async def test_group_context_prefixes_authors_and_honours_limits(make_server: Se
     history = messages[1:]
     assert history[-1] == {"role": "user", "content": f"{alice}: m3"}
     assert len(history) <= 3 and sum(len(m["content"]) for m in history) <= 30
+
+
+async def test_the_assistant_as_a_member_is_not_a_human(ai: LiveServer, fake_llm: FakeLLM) -> None:
+    alice = uid()
+    room = await ai.room(alice, "ai_bot", ai=True)
+    async with ai.ws(alice) as ws:
+        sent = await ai.send(alice, room, "hi")
+        await reply_frames(ws, sent["ai_record_id"])
+    assert fake_llm.requests[-1]["messages"][1:] == [{"role": "user", "content": "hi"}]  # no "alice: " prefix
 
 
 async def test_replies_in_one_session_come_in_order(ai: LiveServer, fake_llm: FakeLLM) -> None:

@@ -139,6 +139,7 @@ class ReplyRun:
             timings, completion = Timings(began=time.monotonic()), Completion()
             request: Request = {}
             try:
+                self._begin()
                 request = await self._request()
                 outcome = await self._generate(request, timings, completion)
             except Exception as exc:
@@ -149,27 +150,30 @@ class ReplyRun:
             timings.ended = time.monotonic()
             await self.conclude(outcome, timings, request, completion)
 
-    async def _request(self) -> Request:
-        settings = self._tools.settings
-        async with self._tools.db.reader() as s:
-            history = await store.context_messages(
-                s, self.session_id, self.user_message.seq, settings.ai_context_messages
-            )
-            members = await store.member_ids(s, self.session_id)
-        messages = build_context(
-            history, members, settings.ai_bot_user_id, self.reply.system_prompt, settings.ai_context_chars
-        )
-        return self._tools.model.request(messages, self.reply.model)
-
-    async def _generate(self, request: Request, timings: Timings, completion: Completion) -> Outcome:
-        if self._stop is not None:  # stopped while its context was read: it never started
-            return stopped(self._stop)
+    def _begin(self) -> None:
+        """Generating from now on. The start frame needs nothing from the database: sent before the context
+        is read, its socket writes overlap that read instead of delaying the model's request."""
         self.phase = Phase.GENERATING
         self._publish(
             AiReplyStartFrame(
                 record_id=self.record_id, session_id=self.session_id, user_message_id=self.user_message.message_id
             )
         )
+
+    async def _request(self) -> Request:
+        settings = self._tools.settings
+        async with self._tools.db.reader() as s:
+            history, humans = await store.reply_context(
+                s, self.session_id, self.user_message.seq, settings.ai_context_messages, settings.ai_bot_user_id
+            )
+        messages = build_context(
+            history, humans, settings.ai_bot_user_id, self.reply.system_prompt, settings.ai_context_chars
+        )
+        return self._tools.model.request(messages, self.reply.model)
+
+    async def _generate(self, request: Request, timings: Timings, completion: Completion) -> Outcome:
+        if self._stop is not None:  # stopped while its context was read: nothing was asked of the model
+            return stopped(self._stop)
         generation = asyncio.create_task(self._stream(request, timings, completion))
         stop = asyncio.create_task(self._stopped.wait())
         try:
