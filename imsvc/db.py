@@ -61,7 +61,7 @@ class Database:
         )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
-        self._writer: AsyncConnection | None = None
+        self._writers: list[AsyncConnection] = []  # the sequencer's, idle between batches
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -75,22 +75,20 @@ class Database:
 
     @asynccontextmanager
     async def writer(self) -> AsyncIterator[AsyncConnection]:
-        """The sequencer's Core connection, kept from one batch to the next (no checkout and no ping per
-        batch: two round trips fewer on the hot path). The caller commits; anything left uncommitted is
-        rolled back, and after an error the connection is given up and the next batch takes a new one."""
+        """A Core connection of the sequencer's, kept from one batch to the next (no checkout and no ping
+        per batch: two round trips fewer on the hot path). The caller commits; anything left uncommitted
+        is rolled back, and after an error the connection is given up and a later batch takes a new one."""
         async with self._write_lock or contextlib.nullcontext():
-            if self._writer is None:
-                self._writer = await self.engine.connect()
-            conn = self._writer
+            conn = self._writers.pop() if self._writers else await self.engine.connect()
             try:
                 yield conn
                 if conn.in_transaction():
                     await conn.rollback()
             except BaseException:
-                self._writer = None
                 with contextlib.suppress(Exception):
                     await conn.close()  # a connection the database dropped is invalidated, not pooled
                 raise
+            self._writers.append(conn)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
@@ -103,10 +101,9 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        if self._writer is not None:
+        while self._writers:
             with contextlib.suppress(Exception):
-                await self._writer.close()
-            self._writer = None
+                await self._writers.pop().close()
         await self.engine.dispose()
 
 
