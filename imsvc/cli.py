@@ -65,9 +65,10 @@ def serve(args: argparse.Namespace) -> None:
             **uvicorn_options(),
         )
         return
-    from imsvc.app import GracefulServer, create_app
+    from imsvc.app import GracefulServer, create_app, tune_gc
 
     app = create_app(settings)
+    tune_gc()
     GracefulServer(uvicorn.Config(app, host=args.host, port=args.port, **uvicorn_options())).run()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from imsvc.app import GC_YOUNG_THRESHOLD, tune_gc
 from imsvc.auth import verify_token
 from imsvc.settings import SettingsError, load_settings
 
@@ -101,3 +103,14 @@ def test_migrate_works_from_any_directory(tmp_path: Path, empty_database_url: st
     assert result.returncode == 0, result.stderr
     again = imsvc("migrate", cwd=tmp_path, DATABASE_URL=empty_database_url)
     assert again.returncode == 0
+
+
+def test_a_serving_process_freezes_what_it_built_and_collects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
