@@ -34,7 +34,7 @@ class Sizes:
     ai_tokens: int = 200
     fanout: int = 1000
     fanout_messages: int = 100
-    fanout_procs: int = 4
+    fanout_procs: int = 2  # one per core: more only adds switching between them
     fanout_timeout_s: float = 60.0
     idle: int = 10_000
     idle_procs: int = 4
