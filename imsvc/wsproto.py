@@ -2,10 +2,11 @@
 
 Deflate. With it on, most of an idle socket's memory was zlib's (a compressor with a 4 KiB window
 and memLevel 5 per socket, uvicorn's choice). Chat frames are small JSON texts: a 1 KiB window,
-memLevel 2 and the fastest level compress them almost as well. The server also takes no context
-from one frame to the next (`server_no_context_takeover`, which RFC 7692 §7.1.1.1 lets a server
-impose): no compressor is kept per socket, and a frame compresses to the same bytes for every
-socket that negotiated the same window, so fan-out compresses an event once, not once per socket.
+memLevel 2 and the fastest level compress them almost as well, and the shortest are not worth it.
+The server also takes no context from one frame to the next (`server_no_context_takeover`, which
+RFC 7692 §7.1.1.1 lets a server impose): no compressor is kept per socket, and a frame compresses
+to the same bytes for every socket that negotiated the same window, so fan-out compresses an event
+once, not once per socket.
 
 Writing. Every outgoing frame of an open socket is encoded here and handed to its transport
 (`Wire.write`), not through ASGI's `send`: a frame rendered once (`Prepared`) costs each socket
@@ -30,6 +31,10 @@ from websockets.server import ServerProtocol
 WIRE = "imsvc.wire"
 WINDOW_BITS = 10
 COMPRESSION = {"memLevel": 2, "level": 1}
+# Shorter frames (acks, deltas, typing) go uncompressed, which permessage-deflate allows message by
+# message: they would shrink by at most a couple of hundred bytes, for a compressor set up per frame.
+COMPRESS_FROM = 512
+PLAIN = "plain"
 
 
 class CompactDeflateProtocol(WebSocketsSansIOProtocol):
@@ -66,9 +71,12 @@ class Prepared:
 
     def encoded(self, conn: ServerProtocol, key: Hashable | None) -> bytes:
         """The frame for `conn`; `key` names its encoding when that is the same for every frame, else None."""
+        extensions = conn.extensions
+        if len(self.text) < COMPRESS_FROM:
+            key, extensions = PLAIN, []
         if key is not None and (data := self._encoded.get(key)) is not None:
             return data
-        data = Frame(Opcode.TEXT, self.text.encode()).serialize(mask=False, extensions=conn.extensions)
+        data = Frame(Opcode.TEXT, self.text.encode()).serialize(mask=False, extensions=extensions)
         if key is not None:
             self._encoded[key] = data
         return data
