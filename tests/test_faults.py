@@ -168,6 +168,35 @@ async def test_connections_cut_in_a_loop_lose_and_double_nothing(make_server: Se
     print(f"\ncut loop: {cuts} backends cut, {acked} acked, 0 lost or doubled, errors {dict(seen)}", file=sys.stderr)
 
 
+async def test_a_history_page_on_a_cut_connection_is_not_ready_and_the_next_is_read(
+    make_server: ServerFactory, postgres_url: str
+) -> None:
+    """History pages are read through asyncpg itself (store.history): a connection found cut is answered
+    not_ready and retired with every older one in the pool, as SQLAlchemy does for its own statements."""
+    server = await make_server()
+    user = uid()
+    room = await server.room(user)
+    await server.send(user, room, "hello")
+    params = {"session_id": room, "before_seq": 10}
+    pages = await asyncio.gather(*(server.get("/message/list", user, params=params) for _ in range(8)))
+    assert {r.status_code for r in pages} == {200}  # read at once: the pool holds several connections
+    admin = await admin_connect(postgres_url)
+    try:
+        cut = await admin.fetchval(  # each backend gone when this returns (or after 10 s)
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()) AS cut",
+            make_url(postgres_url).database,
+        )
+    finally:
+        await admin.close()
+    assert cut >= 2
+    answers = []
+    for _ in range(8):
+        r = await server.get("/message/list", user, params=params)
+        answers.append(r.json()["error"]["code"] if r.status_code != 200 else len(r.json()["messages"]))
+    assert answers == ["not_ready"] + [1] * 7, answers
+
+
 class Proxy:
     """A TCP proxy to PostgreSQL that can be taken down: new connections refused, open ones cut."""
 
