@@ -267,9 +267,10 @@ def _pg_history(newest_first: bool, text_only: bool, rows: int, skip: bool) -> s
 
 
 async def _fetch(conn: AsyncConnection, sql: str, *args: object) -> list[Any]:
-    """`sql`'s rows, from asyncpg itself. Its failures are handled as SQLAlchemy handles its own statements':
-    a connection found lost is discarded, with every older one in the pool (they are replaced at their next
-    checkout), and the caller is told not_ready; one left mid-statement by a cancellation is discarded."""
+    """`sql`'s rows, from asyncpg itself. A connection found lost is handled as SQLAlchemy handles one that its
+    own statement found: discarded, with every older one in the pool (replaced at their next checkout), and
+    the caller is told not_ready. (One whose statement was cancelled can go back to the pool: asyncpg makes
+    its next statement wait until PostgreSQL has acknowledged the cancellation.)"""
     pooled = await conn.get_raw_connection()
     driver = pooled.driver_connection
     assert driver is not None
@@ -281,9 +282,6 @@ async def _fetch(conn: AsyncConnection, sql: str, *args: object) -> list[Any]:
         conn.sync_engine.pool._invalidate(pooled, exc, _checkin=False)  # as Connection does on a disconnect
         await conn.invalidate(exc)
         raise NotReady("the database is not available") from exc
-    except BaseException as exc:
-        await conn.invalidate(exc)
-        raise
 
 
 # SQLite: the same in two portable Core statements, built once.
