@@ -26,12 +26,12 @@ from imsvc.schemas import (
     EditIn,
     HealthOut,
     ListQuery,
-    MessagePage,
     ReadyOut,
     SendMessageIn,
     SentMessageOut,
     TokenOut,
     message_out,
+    page_json,
 )
 from imsvc.services import services
 
@@ -119,21 +119,20 @@ async def get_message(request: Request) -> Response:
 async def list_messages(request: Request) -> Response:
     user_id = user_of(request)
     query = validate(ListQuery, dict(request.query_params))
-    text_only = query.types == "text"
-    async with services(request).db.reader() as s:
-        total = await store.readable_last_seq(s, query.session_id, user_id)
-        if query.before_seq is not None:
-            limit = query.limit or DEFAULT_KEYSET_LIMIT
-            rows, has_more = await store.before_seq(s, query.session_id, query.before_seq, limit, text_only)
-        elif query.after_seq is not None:
-            limit = query.limit or DEFAULT_KEYSET_LIMIT
-            rows, has_more = await store.after_seq(s, query.session_id, query.after_seq, limit, text_only)
-        else:
-            number, limit = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
-            rows, has_more = await store.page_newest_first(s, query.session_id, number, limit, text_only)
-    keyset = query.before_seq is not None or query.after_seq is not None
-    page = MessagePage(messages=rows, total=total, page=None if keyset else number, page_size=limit, has_more=has_more)
-    return render(page)
+    page: int | None = None
+    if query.after_seq is not None:
+        seq, newest_first, limit, offset = query.after_seq, False, query.limit or DEFAULT_KEYSET_LIMIT, 0
+    elif query.before_seq is not None:
+        seq, newest_first, limit, offset = query.before_seq, True, query.limit or DEFAULT_KEYSET_LIMIT, 0
+    else:
+        page, limit = query.page or 1, query.page_size or DEFAULT_PAGE_SIZE
+        seq, newest_first, offset = store.NO_BOUND, True, (page - 1) * limit
+    async with services(request).db.read_connection() as conn:
+        found = await store.history(
+            conn, query.session_id, user_id, seq, newest_first, limit, offset, query.types == "text"
+        )
+    body = page_json(found.messages, found.last_seq, page, limit, found.has_more)
+    return Response(body, media_type="application/json")
 
 
 async def change(request: Request, kind: Kind, value: str = "", client_msg_id: str | None = None) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -102,7 +103,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:16])
+        # 64 bits from the module's generator, as store.new_id does: uuid4 costs a system call per request.
+        structlog.contextvars.bind_contextvars(request_id=f"{random.getrandbits(64):016x}")
         await self.app(scope, receive, send)
 
 

@@ -33,7 +33,7 @@ from imsvc.mention import mention_pattern, mentions
 from imsvc.models import ChatSession, RecordStatus
 from imsvc.ratelimit import RateLimiter
 from imsvc.replies import ReplyScheduler
-from imsvc.schemas import FrameId, MessageOut, ReadMarkerFrame, TypingNotice, message_out, sent_frame
+from imsvc.schemas import FrameId, ReadMarkerFrame, TypingNotice, message_out, sent_frame
 from imsvc.sequencer import Sequencer
 from imsvc.settings import Settings
 
@@ -254,7 +254,6 @@ class Chat:
         async with self._db.reader() as s:
             return await store.session_ids_of(s, user_id)
 
-    async def history_after(self, user_id: str, session_id: str, after_seq: int) -> tuple[list[MessageOut], bool]:
-        async with self._db.reader() as s:
-            await store.readable_last_seq(s, session_id, user_id)
-            return await store.after_seq(s, session_id, after_seq, SYNC_LIMIT)
+    async def history_after(self, user_id: str, session_id: str, after_seq: int) -> store.History:
+        async with self._db.read_connection() as conn:
+            return await store.history(conn, session_id, user_id, after_seq, newest_first=False, limit=SYNC_LIMIT)

@@ -96,6 +96,14 @@ class Database:
         async with self._reads() as session:
             yield session
 
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for history pages (store.history), without a session's bookkeeping. No isolation level
+        is set on it and reset after: on PostgreSQL the page is read through asyncpg itself, outside any
+        transaction, and on SQLite a SELECT begins none."""
+        async with self.engine.connect() as conn:
+            yield conn
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

@@ -54,14 +54,21 @@ class Connection:
     def closing(self) -> bool:
         return self._close_code is not None
 
-    def send(self, frame: ServerFrame, prepared: Prepared | None = None) -> None:
-        """Write a frame, or queue it behind those waiting (`prepared`: its JSON, when rendered already)."""
+    def send(self, frame: ServerFrame | str, prepared: Prepared | None = None) -> None:
+        """Write a frame, or queue it behind those waiting (`prepared`: its JSON, when rendered already;
+        a `str` is a frame's JSON rendered without a model)."""
         if self.closing:
             return
+        model = None if isinstance(frame, str) else frame
+        if isinstance(frame, str):
+            prepared = Prepared(frame)
         if self._outbox.empty and self._wire.ready:
-            self._wire.write(prepared or Prepared(frame.wire()))
+            if prepared is None:
+                assert model is not None
+                prepared = Prepared(model.wire())
+            self._wire.write(prepared)
             return
-        if not self._outbox.put(frame, prepared):
+        if not self._outbox.put(model, prepared):
             log.warning("slow consumer dropped", user_id=self.user_id, queued=self._outbox.counted)
             self._outbox.clear()
             self._given_up.set()

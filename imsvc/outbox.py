@@ -54,13 +54,14 @@ class Item:
 
     __slots__ = ("frame", "key", "prepared")
 
-    def __init__(self, frame: ServerFrame, prepared: Prepared | None, key: Hashable | None) -> None:
+    def __init__(self, frame: ServerFrame | None, prepared: Prepared | None, key: Hashable | None) -> None:
         self.frame = frame
         self.prepared = prepared
         self.key = key
 
     def wire(self) -> Prepared:
         if self.prepared is None:
+            assert self.frame is not None
             self.prepared = Prepared(self.frame.wire())
         return self.prepared
 
@@ -81,12 +82,13 @@ class Outbox:
     def empty(self) -> bool:
         return not self._items
 
-    def put(self, frame: ServerFrame, prepared: Prepared | None = None) -> bool:
-        """Queue a frame (`prepared`: its JSON, when rendered already); False when the buffer is full."""
-        key = coalescing_key(frame)
+    def put(self, frame: ServerFrame | None, prepared: Prepared | None = None) -> bool:
+        """Queue a frame (`prepared`: its JSON, when rendered already; alone, a frame rendered without a
+        model); False when the buffer is full."""
+        key = coalescing_key(frame) if frame is not None else None
         if key is not None:
             waiting = self._open_merges.get(key)
-            if waiting is not None:
+            if waiting is not None and waiting.frame is not None and frame is not None:
                 joined = merged(waiting.frame, frame)
                 if joined is not None:
                     waiting.frame, waiting.prepared = joined, prepared if joined is frame else None
@@ -133,6 +135,7 @@ async def reply_frames(outbox: Outbox) -> AsyncIterator[ServerFrame]:
     while True:
         await outbox.wait()
         while (item := outbox.pop()) is not None:
+            assert item.frame is not None
             yield item.frame
             if isinstance(item.frame, AiReplyFrame | AiReplyErrorFrame):
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic_core import to_json
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,48}$"
 # Ids the server makes (msg_…, record_…) are 64 characters at most, of the same characters.
@@ -254,6 +256,29 @@ def message_out(message: object) -> MessageOut:
     )
 
 
+def message_wire(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`message_out(row)` as it goes on the wire, as plain values for JSON, from a row's columns by name:
+    history pages are rendered from these, since a model per row cost more than reading the rows. The same
+    bytes as MessageOut's JSON (tests/test_schemas.py holds the two together)."""
+    edited_at, reactions = row["edited_at"], row["reactions"]
+    return {
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "session_id": row["session_id"],
+        "seq": row["seq"],
+        "from_user_id": row["from_user_id"],
+        "msg_type": row["msg_type"],
+        "msg_content": row["msg_content"],
+        "client_msg_id": row["client_msg_id"],
+        "created_at": row["created_at"].isoformat(),
+        "target_message_id": row["target_message_id"],
+        "data": row["data"],
+        "edited_at": edited_at.isoformat() if edited_at is not None else None,
+        "deleted": row["deleted_at"] is not None,
+        "reactions": reactions if reactions and row["msg_type"] == "TEXT" else {},
+    }
+
+
 class ChangeOut(MessageOut):
     """The answer to an edit, a delete or a reaction: the target as it is now, and the change's own row
     (null when nothing changed)."""
@@ -267,11 +292,23 @@ class SentMessageOut(MessageOut):
 
 
 class MessagePage(BaseModel):
+    """The answer of GET /message/list, as documented; rendered by `page_json`."""
+
     messages: list[MessageOut]
     total: int
     page: int | None
     page_size: int
     has_more: bool
+
+
+def _json(value: Any) -> bytes:
+    """JSON as a model's `model_dump_json` writes it (which writes NaN and infinities as null)."""
+    return to_json(value, inf_nan_mode="null")
+
+
+def page_json(messages: list[dict[str, Any]], total: int, page: int | None, page_size: int, has_more: bool) -> bytes:
+    """MessagePage's JSON from the messages' `message_wire` values."""
+    return _json({"messages": messages, "total": total, "page": page, "page_size": page_size, "has_more": has_more})
 
 
 class SessionOut(BaseModel):
@@ -501,11 +538,19 @@ class NewMessageFrame(ServerFrame):
 
 
 class SyncResultFrame(ServerFrame):
+    """The answer to `sync`, as documented; rendered by `sync_result_text`."""
+
     type: Literal["sync_result"] = "sync_result"
     ref: FrameId | None = None
     session_id: str
     messages: list[MessageOut]
     has_more: bool
+
+
+def sync_result_text(ref: FrameId | None, session_id: str, messages: list[dict[str, Any]], has_more: bool) -> str:
+    """SyncResultFrame's JSON from the messages' `message_wire` values."""
+    frame = {"type": "sync_result", "ref": ref, "session_id": session_id, "messages": messages, "has_more": has_more}
+    return _json(frame).decode()
 
 
 class PongFrame(ServerFrame):

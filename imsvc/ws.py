@@ -42,9 +42,9 @@ from imsvc.schemas import (
     ReadFrame,
     SendMessageFrame,
     SyncFrame,
-    SyncResultFrame,
     TypingFrame,
     UnreactFrame,
+    sync_result_text,
 )
 from imsvc.services import Services, services
 from imsvc.wsproto import Wire
@@ -221,8 +221,8 @@ async def dispatch(svc: Services, conn: Connection, frame: Inbound) -> None:
                     conn.user_id, session_id or conn.user_id, frame.content, frame.client_msg_id, conn, frame.id
                 )
             case SyncFrame():
-                rows, has_more = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
-                conn.send(SyncResultFrame(ref=frame.id, session_id=frame.session_id, messages=rows, has_more=has_more))
+                found = await svc.chat.history_after(conn.user_id, frame.session_id, frame.after_seq)
+                conn.send(sync_result_text(frame.id, frame.session_id, found.messages, found.has_more))
                 # No await since the query: the snapshots and the deltas after them leave no gap.
                 for snapshot in svc.replies.snapshots(frame.session_id):
                     conn.send(snapshot)

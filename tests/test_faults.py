@@ -168,6 +168,91 @@ async def test_connections_cut_in_a_loop_lose_and_double_nothing(make_server: Se
     print(f"\ncut loop: {cuts} backends cut, {acked} acked, 0 lost or doubled, errors {dict(seen)}", file=sys.stderr)
 
 
+async def test_a_history_page_on_a_cut_connection_is_not_ready_and_the_next_is_read(
+    make_server: ServerFactory, postgres_url: str
+) -> None:
+    """History pages are read through asyncpg itself (store.history): a connection found cut is answered
+    not_ready and retired with every older one in the pool, as SQLAlchemy does for its own statements."""
+    server = await make_server()
+    user = uid()
+    room = await server.room(user)
+    await server.send(user, room, "hello")
+    params = {"session_id": room, "before_seq": 10}
+    pages = await asyncio.gather(*(server.get("/message/list", user, params=params) for _ in range(8)))
+    assert {r.status_code for r in pages} == {200}  # read at once: the pool holds several connections
+    admin = await admin_connect(postgres_url)
+    try:
+        cut = await admin.fetchval(  # each backend gone when this returns (or after 10 s)
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()) AS cut",
+            make_url(postgres_url).database,
+        )
+    finally:
+        await admin.close()
+    assert cut >= 2
+    answers = []
+    for _ in range(8):
+        r = await server.get("/message/list", user, params=params)
+        answers.append(r.json()["error"]["code"] if r.status_code != 200 else len(r.json()["messages"]))
+    assert answers == ["not_ready"] + [1] * 7, answers
+
+
+async def test_a_page_cancelled_mid_statement_leaves_no_busy_connection_in_the_pool(postgres_url: str) -> None:
+    """A page cancelled while PostgreSQL runs its statement (the WebSocket that asked for a sync went away):
+    its connection goes back to the pool while asyncpg is still cancelling the statement, and serves the next
+    page at once (asyncpg makes it wait for the cancellation) instead of failing it as busy."""
+    from imsvc import store
+    from imsvc.db import Database
+
+    url = make_url(postgres_url)
+    direct = {
+        "host": url.host,
+        "port": url.port or 5432,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+    }
+    room, user = uid("s"), uid()
+    setup = await asyncpg.connect(**direct)
+    try:
+        await setup.execute(
+            "INSERT INTO sessions (session_id, created_by, ai_enabled, last_seq, created_at, updated_at)"
+            " VALUES ($1, $2, false, 0, now(), now())",
+            room,
+            user,
+        )
+        await setup.execute(
+            "INSERT INTO session_members (session_id, user_id, role, joined_at) VALUES ($1, $2, 'owner', now())",
+            room,
+            user,
+        )
+    finally:
+        await setup.close()
+    db = Database(postgres_url)
+
+    async def page() -> store.History:
+        async with db.read_connection() as conn:
+            return await store.history(conn, room, user, store.NO_BOUND, newest_first=True, limit=10)
+
+    try:
+        assert (await page()).messages == []  # the pool holds one connection now
+        locker = await asyncpg.connect(**direct)
+        await locker.execute("BEGIN; LOCK TABLE session_members IN ACCESS EXCLUSIVE MODE")
+        blocked = asyncio.create_task(page())
+        for _ in range(500):  # until the page's statement waits for the lock
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+            if await locker.fetchval(waiting, url.database):
+                break
+            await asyncio.sleep(0.01)
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        locker.terminate()  # the lock goes with the connection, and nothing here waits for that
+        assert (await page()).last_seq == 0  # at once: asyncpg is still cancelling the first statement
+    finally:
+        await db.dispose()
+
+
 class Proxy:
     """A TCP proxy to PostgreSQL that can be taken down: new connections refused, open ones cut."""
 

@@ -153,14 +153,14 @@ async def test_frames_are_sent_in_order(senders: Callable[[Connection], asyncio.
     conn = Connection(ws, "alice", 10)
     senders(conn)
     conn.send(pong(1))
-    conn.send(pong(2))
+    conn.send('{"type": "raw", "n": 2}')
     conn.send(delta("r1", "hi", 0))
     conn.send(snapshot("r1", "hi"))
     conn.send(pong(5))
     await ws.wait_until(lambda: len(ws.log) == 5)
     assert ws.sent == [
         pong_wire(1),
-        pong_wire(2),
+        {"type": "raw", "n": 2},
         delta_wire("r1", "hi", 0),
         snapshot_wire("r1", "hi"),
         pong_wire(5),
@@ -262,7 +262,7 @@ async def test_non_delta_frame_stops_merging(senders: Callable[[Connection], asy
     conn.send(delta("A", "cd", 2))
     conn.send(delta("B", "y", 1))  # B too: nothing may be merged in front of the snapshot
     conn.send(delta("A", "e", 4))
-    conn.send(pong(9))
+    conn.send('{"type": "ai_reply", "record_id": "A"}')  # rendered without a model: ends merges as well
     conn.send(delta("A", "f", 5))
     conn.close(1000)
     ws.gate.set()
@@ -274,7 +274,7 @@ async def test_non_delta_frame_stops_merging(senders: Callable[[Connection], asy
         snapshot_wire("A", "ab"),
         delta_wire("A", "cde", 2),
         delta_wire("B", "y", 1),
-        pong_wire(9),
+        {"type": "ai_reply", "record_id": "A"},
         delta_wire("A", "f", 5),
     ]
 

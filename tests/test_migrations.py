@@ -99,11 +99,11 @@ def test_the_event_log_migration_keeps_stored_messages(empty_database_url: str) 
     async def read() -> tuple[list[dict[str, object]], bool]:
         db = Database(url)
         try:
-            async with db.reader() as s:
-                rows, more = await store.before_seq(s, "old", 10, 10, text_only=True)
+            async with db.read_connection() as conn:
+                found = await store.history(conn, "old", "alice", 10, newest_first=True, limit=10, text_only=True)
         finally:
             await db.dispose()
-        return [r.model_dump(exclude={"id", "created_at"}) for r in rows], more
+        return [{k: v for k, v in m.items() if k not in ("id", "created_at")} for m in found.messages], found.has_more
 
     asyncio.run(seed())
     migrate(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import types
 import typing
 import warnings
 from typing import Any
@@ -13,6 +14,8 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
+from imsvc import auth
+from imsvc.errors import Unauthorized
 from imsvc.schemas import Inbound
 from tests import fakellm
 from tests.conftest import ServerFactory
@@ -68,6 +71,18 @@ async def test_bad_tokens_are_refused_over_rest_and_websocket(server: LiveServer
         assert (await WsClient(conn).closed())[0] == 4401, name
     good = forged({"sub": "a" * 48})  # the longest user id is fine
     assert (await server.http.get("/sessions", headers={"Authorization": f"Bearer {good}"})).status_code == 200
+
+
+def test_a_remembered_token_still_expires_and_binds_to_its_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked tokens are remembered (auth._checked); not past their expiry, nor for another secret."""
+    issued = forged({"sub": "alice", "exp": int(time.time()) + 600})
+    assert auth.verify_token(SECRET, issued, "ai_bot") == "alice"
+    with pytest.raises(Unauthorized, match="invalid access token"):
+        auth.verify_token("another-secret-another-secret-xx", issued, "ai_bot")
+    later = time.time() + 601
+    monkeypatch.setattr(auth, "time", types.SimpleNamespace(time=lambda: later))
+    with pytest.raises(Unauthorized, match="access token expired"):
+        auth.verify_token(SECRET, issued, "ai_bot")
 
 
 # Non-members: every documented operation and every inbound frame, found from the document and the union.
