@@ -56,6 +56,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_WRONG_USER = 4403
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL = 1011
 
 inbound: TypeAdapter[Inbound] = TypeAdapter(InboundFrame)
 frame_id: TypeAdapter[FrameId] = TypeAdapter(FrameId)
@@ -112,7 +113,12 @@ async def endpoint(websocket: WebSocket) -> None:
     if svc.draining:
         await refuse(websocket, CLOSE_SHUTDOWN, "server shutting down")
         return
-    conn = Connection(Wire(websocket), user_id, svc.settings.ws_send_queue)
+    wire = Wire.of(websocket)
+    if wire is None:
+        log.error("served without imsvc's WebSocket protocol: serve it with `imsvc serve`")
+        await refuse(websocket, CLOSE_INTERNAL, "server misconfigured")
+        return
+    conn = Connection(wire, user_id, svc.settings.ws_send_queue)
     first = not svc.hub.online(user_id)
     if not svc.hub.register(conn):
         await refuse(websocket, CLOSE_TRY_AGAIN, "too many connections")

@@ -95,10 +95,16 @@ def encoding_key(conn: ServerProtocol) -> Hashable | None:
 class Wire:
     """The outgoing side of one socket, written to directly."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, protocol: CompactDeflateProtocol) -> None:
         self._websocket = websocket
-        self._protocol: CompactDeflateProtocol = websocket.scope["extensions"][WIRE]["protocol"]
-        self._key = encoding_key(self._protocol.conn)
+        self._protocol = protocol
+        self._key = encoding_key(protocol.conn)
+
+    @classmethod
+    def of(cls, websocket: WebSocket) -> Wire | None:
+        """The socket's wire, or None when the server is not running CompactDeflateProtocol."""
+        offered = (websocket.scope.get("extensions") or {}).get(WIRE)
+        return cls(websocket, offered["protocol"]) if offered else None
 
     @property
     def open(self) -> bool:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from imsvc.app import create_app
 from imsvc.schemas import INBOUND_TYPES
+from imsvc.settings import Settings
 from tests.conftest import ServerFactory
-from tests.helpers import LiveServer, WsClient, token, uid
+from tests.helpers import SECRET, WAIT, LiveServer, WsClient, serve_app, token, uid
 
 
 async def close_of(server: LiveServer, path: str, headers: dict[str, str] | None = None) -> tuple[int | None, str]:
@@ -220,3 +223,16 @@ async def test_binary_frames_follow_the_same_rules(server: LiveServer) -> None:
         assert error["type"] == "error" and error["code"] == "invalid_json"
         await ws.conn.send(b" " * 65537)
         assert (await ws.closed())[0] == 1009
+
+
+async def test_a_server_without_imsvcs_websocket_protocol_closes_sockets_1011(database_url: str) -> None:
+    """Frames are written through imsvc's protocol class; another one is refused with a clear close."""
+    settings = Settings(_env_file=None, database_url=database_url, jwt_secret=SECRET, migrate_on_start=False)
+    async with (
+        serve_app(create_app(settings), ws="websockets-sansio") as (address, _),
+        connect(f"ws://{address}/ws?token={token(uid())}", open_timeout=WAIT) as conn,
+    ):
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv(), WAIT)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "server misconfigured")
