@@ -180,7 +180,7 @@ async def test_a_frame_encoded_once_reaches_sockets_of_every_encoding(server: Li
         assert negotiated[0] is not None and "server_no_context_takeover" in negotiated[0]
         assert negotiated[1] is not None and "server_max_window_bits=9" in negotiated[1]
         assert negotiated[2] is None
-        contents = [f"{n} " + "é" * n * 150 for n in range(6)]  # frames under and over COMPRESS_FROM
+        contents = [f"{n} " + "é" * n * 300 for n in range(6)]  # frames under and over COMPRESS_FROM
         for content in contents:
             await server.send(alice, room, content)
         for sock in sockets:
