@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from imsvc.events import Event, EventFrame, Presence
 from imsvc.logs import get_logger
-from imsvc.outbox import Outbox, reply_frames
+from imsvc.outbox import Outbox, rendered, reply_frames
 from imsvc.schemas import (
     AiReplyDeltaFrame,
     AiReplyErrorFrame,
@@ -59,14 +59,9 @@ class Connection:
         a `str` is a frame's JSON rendered without a model)."""
         if self.closing:
             return
-        model = None if isinstance(frame, str) else frame
-        if isinstance(frame, str):
-            prepared = Prepared(frame)
+        model, prepared = (None, Prepared(frame)) if isinstance(frame, str) else (frame, prepared)
         if self._outbox.empty and self._wire.ready:
-            if prepared is None:
-                assert model is not None
-                prepared = Prepared(model.wire())
-            self._wire.write(prepared)
+            self._wire.write(rendered(model, prepared))
             return
         if not self._outbox.put(model, prepared):
             log.warning("slow consumer dropped", user_id=self.user_id, queued=self._outbox.counted)

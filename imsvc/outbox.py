@@ -60,10 +60,16 @@ class Item:
         self.key = key
 
     def wire(self) -> Prepared:
-        if self.prepared is None:
-            assert self.frame is not None
-            self.prepared = Prepared(self.frame.wire())
+        self.prepared = rendered(self.frame, self.prepared)
         return self.prepared
+
+
+def rendered(frame: ServerFrame | None, prepared: Prepared | None) -> Prepared:
+    """A frame's JSON: `prepared` when rendered already (or when there is no model), else rendered now."""
+    if prepared is not None:
+        return prepared
+    assert frame is not None
+    return Prepared(frame.wire())
 
 
 class Outbox:

@@ -235,6 +235,8 @@ class MessageOut(BaseModel):
 
 
 _STORED = ("id", "message_id", "session_id", "seq", "from_user_id", "msg_type", "msg_content", "client_msg_id")
+# Every column a message object is built from (by message_out and message_wire).
+MESSAGE_COLUMNS = (*_STORED, "created_at", "target_message_id", "data", "edited_at", "deleted_at", "reactions")
 
 
 def message_out(message: object) -> MessageOut:

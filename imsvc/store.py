@@ -29,7 +29,7 @@ from sqlalchemy.orm import aliased
 from imsvc.changes import Kind
 from imsvc.errors import Conflict, Forbidden, Interrupted, NotReady, connection_lost
 from imsvc.models import AIChatRecord, ChatSession, Message, RecordStatus, SessionMember, utcnow
-from imsvc.schemas import INT64_MAX, message_wire
+from imsvc.schemas import INT64_MAX, MESSAGE_COLUMNS, message_wire
 
 
 def new_id(prefix: str) -> str:
@@ -221,22 +221,6 @@ NO_BOUND = INT64_MAX
 _MESSAGES = cast(Table, Message.__table__)
 _SESSIONS = cast(Table, ChatSession.__table__)
 _MEMBERS = cast(Table, SessionMember.__table__)
-_WIRE_COLUMNS = (
-    "id",
-    "message_id",
-    "session_id",
-    "seq",
-    "from_user_id",
-    "msg_type",
-    "msg_content",
-    "client_msg_id",
-    "created_at",
-    "target_message_id",
-    "data",
-    "edited_at",
-    "deleted_at",
-    "reactions",
-)
 
 
 @functools.cache
@@ -255,7 +239,7 @@ def _pg_history(newest_first: bool, text_only: bool, rows: int, skip: bool) -> s
     return (
         "SELECT s.last_seq, m.* FROM sessions AS s"
         " JOIN session_members AS sm ON sm.session_id = s.session_id AND sm.user_id = $2"
-        f" LEFT JOIN LATERAL (SELECT {', '.join(_WIRE_COLUMNS)} FROM messages"
+        f" LEFT JOIN LATERAL (SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
         f" WHERE session_id = s.session_id AND seq {bound} $3{text}"
         f" ORDER BY seq {order} LIMIT {int(rows)}{' OFFSET $4' if skip else ''}) AS m ON true"
         " WHERE s.session_id = $1"
@@ -290,7 +274,7 @@ _LAST_SEQ = (
 
 def _core_page(newest_first: bool, text_only: bool) -> Select[Any]:
     seq = _MESSAGES.c.seq
-    query = select(*(_MESSAGES.c[name] for name in _WIRE_COLUMNS)).where(
+    query = select(*(_MESSAGES.c[name] for name in MESSAGE_COLUMNS)).where(
         _MESSAGES.c.session_id == bindparam("sid"), seq < bindparam("seq") if newest_first else seq > bindparam("seq")
     )
     if text_only:

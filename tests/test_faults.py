@@ -239,11 +239,13 @@ async def test_a_page_cancelled_mid_statement_leaves_no_busy_connection_in_the_p
         locker = await asyncpg.connect(**direct)
         await locker.execute("BEGIN; LOCK TABLE session_members IN ACCESS EXCLUSIVE MODE")
         blocked = asyncio.create_task(page())
-        for _ in range(500):  # until the page's statement waits for the lock
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'"
+        for _ in range(500):  # until the page's statement waits for the lock (PostgreSQL's state: polled)
             if await locker.fetchval(waiting, url.database):
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the page's statement never waited for the lock")
         blocked.cancel()
         with pytest.raises(asyncio.CancelledError):
             await blocked
