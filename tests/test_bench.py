@@ -39,6 +39,8 @@ def test_every_scenario_reports_without_errors() -> None:
     )
     assert done.returncode == 0, done.stderr[-5000:]
     lines = {line["name"]: line for line in map(json.loads, done.stdout.splitlines())}
+    machine = lines.pop("machine")
+    assert machine["loopback"]["round_trip_us"] > 0 and machine["loopback"]["cpu_us"] > 0, machine
     assert set(lines) == set(SPECIFIC)
     for name, line in lines.items():
         assert COMMON | SPECIFIC[name] <= set(line), (name, sorted(line))

@@ -7,7 +7,8 @@
 A fresh database `imsvc_bench_<random>` is created beside BENCH_DATABASE_URL's (default: the local
 PostgreSQL), migrated, and dropped at the end. The zero-delay fake model (tests/fakellm.py) runs in
 this process; each run of a scenario starts its own server process and its own load-client
-processes (tests/bench/load.py, one connection per virtual user). Prints one JSON line per scenario;
+processes (tests/bench/load.py, one connection per virtual user). Prints one JSON line for the machine
+(what a loopback round trip between two processes costs, tests/bench/probe.py), then one per scenario;
 with --write-readme, also rewrites the table between the README's bench markers.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tests.bench.probe import loopback
 from tests.bench.procs import raise_fd_limit, serve
 from tests.bench.readme import rewrite, table
 from tests.bench.scenarios import SCENARIOS, SMOKE, Bench, Scenario, Sizes
@@ -76,6 +78,8 @@ async def main(options: argparse.Namespace) -> int:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     raise_fd_limit()
     started = time.monotonic()
+    machine = {"name": "machine", "loopback": await asyncio.to_thread(loopback, 200 if options.smoke else 20_000)}
+    print(json.dumps(machine), flush=True)
     done: list[tuple[Scenario, dict[str, Any]]] = []
     async with bench_database(options.database_url) as url, start_fake_llm() as fake:
         fake.reply = " ".join(f"w{i}" for i in range(sizes.ai_tokens))
@@ -90,7 +94,7 @@ async def main(options: argparse.Namespace) -> int:
             done.append((scenario, line))
     progress(f"done in {time.monotonic() - started:.0f} s")
     if options.write_readme:
-        rewrite(README, table(done, runs, seconds))
+        rewrite(README, table(done, runs, seconds, machine["loopback"]))
         progress(f"rewrote the table in {README.name}")
     return 1 if any("failure" in line for _, line in done) else 0
 

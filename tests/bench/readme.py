@@ -14,7 +14,7 @@ START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
 
 
-def table(lines: list[tuple[Scenario, dict[str, Any]]], runs: int, seconds: float) -> str:
+def table(lines: list[tuple[Scenario, dict[str, Any]]], runs: int, seconds: float, loopback: dict[str, float]) -> str:
     rows = [
         "| scenario | measured (median of runs) | target | met | reproduce |",
         "| --- | --- | --- | --- | --- |",
@@ -29,7 +29,8 @@ def table(lines: list[tuple[Scenario, dict[str, Any]]], runs: int, seconds: floa
         rows.append(f"| `{scenario.name}` | {figure} | {scenario.target} | {met} | `make bench` |")
     machine = (
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()} {platform.release()}; "
-        f"{runs} runs of {seconds:g} s windows; {datetime.date.today().isoformat()}"
+        f"{runs} runs of {seconds:g} s windows; {datetime.date.today().isoformat()}. A loopback round trip between"
+        f" two processes took {loopback['round_trip_us']:g} µs, {loopback['cpu_us']:g} µs of CPU on each side."
     )
     return "\n".join([*rows, "", machine])
 
