@@ -67,7 +67,7 @@ async def mark(url: str, seq: int) -> None:
         await conn.close()
 
 
-async def measure(base: str, requests: int, unread: int) -> dict[str, object]:
+async def measure(base: str, requests: int, unread: int) -> dict[str, float | None]:
     latencies = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for n in range(requests + 5):
