@@ -78,8 +78,8 @@ async def main(options: argparse.Namespace) -> int:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     raise_fd_limit()
     started = time.monotonic()
-    machine = {"name": "machine", "loopback": await asyncio.to_thread(loopback, 200 if options.smoke else 20_000)}
-    print(json.dumps(machine), flush=True)
+    crossing = await asyncio.to_thread(loopback, 200 if options.smoke else 20_000)
+    print(json.dumps({"name": "machine", "loopback": crossing}), flush=True)
     done: list[tuple[Scenario, dict[str, Any]]] = []
     async with bench_database(options.database_url) as url, start_fake_llm() as fake:
         fake.reply = " ".join(f"w{i}" for i in range(sizes.ai_tokens))
@@ -94,7 +94,7 @@ async def main(options: argparse.Namespace) -> int:
             done.append((scenario, line))
     progress(f"done in {time.monotonic() - started:.0f} s")
     if options.write_readme:
-        rewrite(README, table(done, runs, seconds, machine["loopback"]))
+        rewrite(README, table(done, runs, seconds, crossing))
         progress(f"rewrote the table in {README.name}")
     return 1 if any("failure" in line for _, line in done) else 0
 
