@@ -38,10 +38,6 @@ class FakeWire:
         self._changed = asyncio.Event()
 
     @property
-    def open(self) -> bool:
-        return self.connected
-
-    @property
     def ready(self) -> bool:
         return self.connected and self.gate.is_set()
 

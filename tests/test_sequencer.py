@@ -30,7 +30,7 @@ from tests.helpers import uid
 class Socket:
     """A stand-in for a socket's outgoing side that keeps what the hub writes to it."""
 
-    open = ready = True
+    ready = True
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []

@@ -9,11 +9,12 @@ from two machines compare only together with it.
 
 from __future__ import annotations
 
-import resource
 import socket
 import subprocess
 import sys
 import time
+
+from tests.bench.load import cpu
 
 PAYLOAD = b"x" * 64
 
@@ -25,11 +26,6 @@ conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while data := conn.recv(64):
     conn.sendall(data)
 """
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _read_exactly(conn: socket.socket, size: int) -> None:
@@ -49,11 +45,11 @@ def loopback(rounds: int) -> dict[str, float]:
             conn, _ = listener.accept()
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                started, started_cpu = time.perf_counter(), _cpu()
+                started, started_cpu = time.perf_counter(), cpu()
                 for _ in range(rounds):
                     conn.sendall(PAYLOAD)
                     _read_exactly(conn, len(PAYLOAD))
-                wall, cpu = time.perf_counter() - started, _cpu() - started_cpu
+                wall, used = time.perf_counter() - started, cpu() - started_cpu
         finally:
             echo.wait(timeout=10)
-    return {"round_trip_us": round(wall / rounds * 1e6, 1), "cpu_us": round(cpu / rounds * 1e6, 1)}
+    return {"round_trip_us": round(wall / rounds * 1e6, 1), "cpu_us": round(used / rounds * 1e6, 1)}
